@@ -1,0 +1,427 @@
+//! Command line and environment, drop-in for OTP's `epmd`.
+//!
+//! `epmd` spells its long flags with a single dash (`-port 4369`, `-names`).
+//! clap only knows `--long`, so [`normalize_epmd_flags`] rewrites the
+//! single-dash spellings epmd accepts before clap sees them; the usual
+//! `--long` forms work as well. Flags win over environment variables, as in
+//! epmd.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+/// epmd's single-dash long flags, rewritten to `--flag` for clap.
+const EPMD_LONG_FLAGS: &[&str] = &[
+    "-port",
+    "-address",
+    "-debug",
+    "-daemon",
+    "-relaxed_command_check",
+    "-packet_timeout",
+    "-delay_accept",
+    "-delay_write",
+    "-systemd",
+    "-names",
+    "-started",
+    "-dump",
+    "-kill",
+    "-stop",
+];
+
+/// The default EPMD port, as in OTP.
+pub const DEFAULT_PORT: u16 = 4369;
+
+/// The distribution port window ejabberd's `FIREWALL_WINDOW` pins by default.
+pub const DEFAULT_KUBE_DIST_RANGE: PortRange = PortRange {
+    min: 4200,
+    max: 4210,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kube-epmd",
+    version,
+    about = "Erlang Port Mapper Daemon, drop-in for OTP's epmd, with Kubernetes peer discovery",
+    after_help = "epmd's single-dash spellings (-port, -names, -kill, ...) are accepted too."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub epmd: EpmdArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The flags OTP's epmd has, plus the few this daemon adds to plain mode.
+#[derive(Debug, ClapArgs)]
+pub struct EpmdArgs {
+    /// Port to listen on (and to contact for client commands).
+    #[arg(long, env = "ERL_EPMD_PORT", default_value_t = DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// Addresses to listen on, separated by commas or spaces. 127.0.0.1 and
+    /// ::1 are always added; an empty list means 0.0.0.0 and ::.
+    #[arg(long, env = "ERL_EPMD_ADDRESS")]
+    pub address: Option<String>,
+
+    /// More logging; repeat for more detail (as epmd's -d).
+    #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
+    pub debug: u8,
+
+    /// Detach from the terminal and run in the background.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Allow `-kill` with live nodes and `-stop NAME`.
+    /// Also set by the presence of ERL_EPMD_RELAXED_COMMAND_CHECK.
+    #[arg(long = "relaxed_command_check", alias = "relaxed-command-check")]
+    pub relaxed_command_check: bool,
+
+    /// Seconds a non-registration connection may stay idle before it is closed.
+    #[arg(long = "packet_timeout", alias = "packet-timeout", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub packet_timeout: u64,
+
+    /// Test aid from epmd: sleep this many seconds before each accept.
+    #[arg(long = "delay_accept", alias = "delay-accept", default_value_t = 0)]
+    pub delay_accept: u64,
+
+    /// Test aid from epmd: sleep this many seconds before each reply.
+    #[arg(long = "delay_write", alias = "delay-write", default_value_t = 0)]
+    pub delay_write: u64,
+
+    /// Take the listening sockets from systemd socket activation (LISTEN_FDS).
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// Client: list the names registered with the running EPMD.
+    #[arg(long, group = "client")]
+    pub names: bool,
+
+    /// Client: exit 0 if an EPMD answers, 1 otherwise, printing nothing.
+    #[arg(long, group = "client")]
+    pub started: bool,
+
+    /// Client: print the running EPMD's registered and old names.
+    #[arg(long, group = "client")]
+    pub dump: bool,
+
+    /// Client: ask the running EPMD to exit.
+    #[arg(long, group = "client")]
+    pub kill: bool,
+
+    /// Client: forcibly unregister NAME (needs relaxed command check on the daemon).
+    #[arg(long, value_name = "NAME", group = "client")]
+    pub stop: Option<String>,
+
+    /// Refuse registrations whose distribution port lies outside MIN-MAX
+    /// ("off" disables; Kubernetes mode defaults to 4200-4210).
+    #[arg(long, value_name = "MIN-MAX", env = "KUBE_EPMD_DIST_PORT_RANGE")]
+    pub dist_port_range: Option<RangeSetting>,
+
+    /// Most connections served at once; more are accepted and closed at once.
+    #[arg(long, env = "KUBE_EPMD_MAX_CONNECTIONS", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_connections: u32,
+
+    /// Log format.
+    #[arg(long, env = "KUBE_EPMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// Kubernetes mode: watch peer pods and feed the VM's resolver.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KubeArgs {
+    /// Run in Kubernetes mode (discovery, resolver files, admin endpoint).
+    #[arg(long, env = "KUBE_EPMD_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// Namespace to watch (default: POD_NAMESPACE, else the service account's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Label selector of the peer pods, e.g. app=xmpp.
+    #[arg(long, env = "KUBE_EPMD_SELECTOR")]
+    pub selector: Option<String>,
+
+    /// This pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Cluster DNS domain used to build fully qualified peer names.
+    #[arg(
+        long,
+        env = "KUBE_EPMD_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+
+    /// Directory for the generated hosts file and inetrc.
+    #[arg(
+        long,
+        env = "KUBE_EPMD_OUTPUT_DIR",
+        default_value = "/var/run/kube-epmd"
+    )]
+    pub output_dir: PathBuf,
+
+    /// Address of the HTTP admin endpoint (/healthz, /readyz, /metrics, /peers).
+    /// Kubernetes mode defaults to 0.0.0.0:9090; plain mode has none unless set.
+    #[arg(long, env = "KUBE_EPMD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// In Kubernetes mode, let a local KILL_REQ stop the daemon (off: answer NO).
+    #[arg(long, env = "KUBE_EPMD_ALLOW_KILL")]
+    pub allow_kill: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the peer table of a running kube-epmd (from its admin endpoint).
+    Peers {
+        /// Admin endpoint to ask.
+        #[arg(
+            long,
+            env = "KUBE_EPMD_ADMIN_URL",
+            default_value = "http://127.0.0.1:9090"
+        )]
+        url: String,
+        /// Print JSON instead of one "name ip..." line per peer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// An inclusive range of TCP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// `--dist-port-range` as given: a range or explicitly off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSetting {
+    Off,
+    Range(PortRange),
+}
+
+impl std::str::FromStr for RangeSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+            return Ok(RangeSetting::Off);
+        }
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("expected MIN-MAX (e.g. 4200-4210) or off, got {s:?}"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{v:?} is not a port number (1-65535)"))
+        };
+        let (min, max) = (parse(a)?, parse(b)?);
+        if min > max {
+            return Err(format!(
+                "range {min}-{max} is empty: MIN must not exceed MAX"
+            ));
+        }
+        Ok(RangeSetting::Range(PortRange { min, max }))
+    }
+}
+
+/// A client command given on the command line, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCommand {
+    Names,
+    Started,
+    Dump,
+    Kill,
+    Stop(String),
+}
+
+impl Args {
+    /// Parse a full argv (program name first), accepting epmd's spellings.
+    pub fn parse_from_epmd<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Args::try_parse_from(normalize_epmd_flags(argv.into_iter().map(Into::into)))
+    }
+
+    pub fn client_command(&self) -> Option<ClientCommand> {
+        let e = &self.epmd;
+        if e.names {
+            Some(ClientCommand::Names)
+        } else if e.started {
+            Some(ClientCommand::Started)
+        } else if e.dump {
+            Some(ClientCommand::Dump)
+        } else if e.kill {
+            Some(ClientCommand::Kill)
+        } else {
+            e.stop.clone().map(ClientCommand::Stop)
+        }
+    }
+
+    /// Relaxed command check from the flag or, as epmd does, from the mere
+    /// presence of ERL_EPMD_RELAXED_COMMAND_CHECK.
+    pub fn relaxed(&self) -> bool {
+        self.epmd.relaxed_command_check
+            || std::env::var_os("ERL_EPMD_RELAXED_COMMAND_CHECK").is_some()
+    }
+
+    /// The distribution port range in force: explicit setting, else the
+    /// Kubernetes default, else none.
+    pub fn dist_port_range(&self) -> Option<PortRange> {
+        match self.epmd.dist_port_range {
+            Some(RangeSetting::Off) => None,
+            Some(RangeSetting::Range(r)) => Some(r),
+            None if self.kube.kubernetes => Some(DEFAULT_KUBE_DIST_RANGE),
+            None => None,
+        }
+    }
+
+    pub fn packet_timeout(&self) -> Duration {
+        Duration::from_secs(self.epmd.packet_timeout)
+    }
+
+    /// Listen addresses as epmd computes them from `-address`.
+    pub fn listen_addrs(&self) -> Result<Vec<IpAddr>, String> {
+        parse_address_list(self.epmd.address.as_deref())
+    }
+}
+
+/// Rewrite `-port` → `--port` and friends; everything else passes through.
+pub fn normalize_epmd_flags(argv: impl Iterator<Item = String>) -> Vec<String> {
+    argv.map(|a| {
+        if EPMD_LONG_FLAGS.contains(&a.as_str()) {
+            format!("-{a}")
+        } else {
+            a
+        }
+    })
+    .collect()
+}
+
+/// epmd's `-address` rule: a list split on commas and spaces; loopback
+/// (127.0.0.1 and ::1) is always listened on; no list (or an empty one)
+/// means every address (0.0.0.0 and ::).
+pub fn parse_address_list(list: Option<&str>) -> Result<Vec<IpAddr>, String> {
+    let tokens: Vec<&str> = list
+        .unwrap_or("")
+        .split([',', ' '])
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        return Ok(vec![
+            IpAddr::from([0, 0, 0, 0]),
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 0]),
+        ]);
+    }
+    let mut addrs = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    for t in tokens {
+        let ip: IpAddr = t
+            .parse()
+            .map_err(|_| format!("cannot parse IP address {t:?} in -address"))?;
+        if !ip.is_loopback() && !addrs.contains(&ip) {
+            addrs.push(ip);
+        }
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::parse_from_epmd(std::iter::once("kube-epmd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn epmd_single_dash_flags_parse() {
+        let a = parse(&["-port", "4370", "-d", "-d", "-relaxed_command_check"]).unwrap();
+        assert_eq!(a.epmd.port, 4370);
+        assert_eq!(a.epmd.debug, 2);
+        assert!(a.relaxed());
+        let a = parse(&["-stop", "foo"]).unwrap();
+        assert_eq!(a.client_command(), Some(ClientCommand::Stop("foo".into())));
+        let a = parse(&["--names"]).unwrap();
+        assert_eq!(a.client_command(), Some(ClientCommand::Names));
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        assert!(parse(&["-port", "0"]).is_err());
+        assert!(parse(&["-port", "abc"]).is_err());
+        assert!(parse(&["-bogus"]).is_err());
+        assert!(parse(&["-names", "-kill"]).is_err());
+        assert!(parse(&["--dist-port-range", "4210-4200"]).is_err());
+        assert!(parse(&["--packet_timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn dist_range_defaults_follow_mode() {
+        assert_eq!(parse(&[]).unwrap().dist_port_range(), None);
+        let k = parse(&["--kubernetes"]).unwrap();
+        assert_eq!(k.dist_port_range(), Some(DEFAULT_KUBE_DIST_RANGE));
+        let k = parse(&["--kubernetes", "--dist-port-range", "off"]).unwrap();
+        assert_eq!(k.dist_port_range(), None);
+        let p = parse(&["--dist-port-range", "9000-9001"]).unwrap();
+        assert_eq!(
+            p.dist_port_range(),
+            Some(PortRange {
+                min: 9000,
+                max: 9001
+            })
+        );
+    }
+
+    #[test]
+    fn address_list_follows_epmd() {
+        let all = parse_address_list(None).unwrap();
+        assert!(all.iter().all(|a| a.is_unspecified()));
+        let l = parse_address_list(Some("10.0.0.5, 127.0.0.1,::1")).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                IpAddr::from([10, 0, 0, 5]),
+            ]
+        );
+        assert!(parse_address_list(Some("nonsense")).is_err());
+    }
+}

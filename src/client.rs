@@ -1,0 +1,113 @@
+//! The epmd client commands (`-names`, `-started`, `-dump`, `-kill`,
+//! `-stop NAME`): same requests, same output, same exit codes as OTP's
+//! epmd_cli.c, so scripts that grep epmd's output (ejabberdctl does) work.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::cli::ClientCommand;
+use crate::codec::{Request, encode_request};
+
+/// Run `cmd` against the EPMD on localhost:`port`; returns the exit code.
+pub fn run(cmd: &ClientCommand, port: u16, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let silent = matches!(cmd, ClientCommand::Started);
+    if let ClientCommand::Stop(name) = cmd
+        && name.len() > 1000
+    {
+        let _ = write!(out, "epmd: Name too long!");
+        return 1;
+    }
+    let Some(mut s) = connect(port) else {
+        if !silent {
+            let _ = writeln!(err, "epmd: Cannot connect to local epmd");
+        }
+        return 1;
+    };
+    let req = match cmd {
+        ClientCommand::Names | ClientCommand::Started => Request::Names,
+        ClientCommand::Dump => Request::Dump,
+        ClientCommand::Kill => Request::Kill,
+        ClientCommand::Stop(name) => Request::Stop {
+            name: name.as_bytes().to_vec(),
+        },
+    };
+    let mut buf = BytesMut::new();
+    encode_request(&req, &mut buf);
+    if s.write_all(&buf).is_err() {
+        let _ = writeln!(out, "epmd: Can't write to epmd");
+        return 1;
+    }
+    let mut reply = Vec::new();
+    let read_ok = s.read_to_end(&mut reply).is_ok() || !reply.is_empty();
+    match cmd {
+        ClientCommand::Names | ClientCommand::Started | ClientCommand::Dump => {
+            if reply.len() < 4 {
+                if !silent {
+                    let _ = writeln!(out, "epmd: no response from local epmd");
+                }
+                return 1;
+            }
+            if !silent {
+                let port = u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]);
+                let _ = writeln!(out, "epmd: up and running on port {port} with data:");
+                let _ = out.write_all(&reply[4..]);
+            }
+            0
+        }
+        ClientCommand::Kill => fixed_reply(&reply, 2, read_ok, out, |r| {
+            if r == b"OK" {
+                ("Killed\n".to_string(), 0)
+            } else {
+                (
+                    "Killing not allowed - living nodes in database.\n".to_string(),
+                    1,
+                )
+            }
+        }),
+        ClientCommand::Stop(_) => fixed_reply(&reply, 7, read_ok, out, |r| {
+            (format!("{}\n", String::from_utf8_lossy(r)), 0)
+        }),
+    }
+}
+
+/// epmd reads exactly `len` bytes; fewer is reported as "responded with".
+fn fixed_reply(
+    reply: &[u8],
+    len: usize,
+    read_ok: bool,
+    out: &mut dyn Write,
+    full: impl FnOnce(&[u8]) -> (String, i32),
+) -> i32 {
+    if reply.len() >= len {
+        let (text, code) = full(&reply[..len]);
+        let _ = out.write_all(text.as_bytes());
+        code
+    } else if !read_ok {
+        let _ = writeln!(out, "epmd: failed to read answer from local epmd");
+        1
+    } else {
+        let _ = writeln!(
+            out,
+            "epmd: local epmd responded with <{}>",
+            String::from_utf8_lossy(reply)
+        );
+        1
+    }
+}
+
+/// epmd tries ::1 first, then 127.0.0.1.
+fn connect(port: u16) -> Option<TcpStream> {
+    let timeout = Duration::from_secs(5);
+    [
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    ]
+    .iter()
+    .find_map(|a| TcpStream::connect_timeout(a, timeout).ok())
+    .inspect(|s| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    })
+}

@@ -1,0 +1,137 @@
+//! The binary's edge: parse the command line, run a client command or the
+//! daemon, and turn errors into messages and exit codes.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube_epmd::cli::{Args, Command};
+use kube_epmd::metrics::Metrics;
+use kube_epmd::server::{self, BindError, Config, KillPolicy, Shared};
+use kube_epmd::{client, process, telemetry};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+fn main() -> ExitCode {
+    let args = match Args::parse_from_epmd(std::env::args()) {
+        Ok(a) => a,
+        // clap prints the problem (or --help) and picks the exit code.
+        Err(e) => e.exit(),
+    };
+    if let Some(Command::Peers { .. }) = &args.command {
+        eprintln!("kube-epmd peers: not available in this build");
+        return ExitCode::from(1);
+    }
+    if let Some(cmd) = args.client_command() {
+        let code = client::run(
+            &cmd,
+            args.epmd.port,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
+        return ExitCode::from(code as u8);
+    }
+    match run_daemon(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kube-epmd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_daemon(args: Args) -> anyhow::Result<()> {
+    let addrs = args.listen_addrs().map_err(anyhow::Error::msg)?;
+    if args.epmd.daemon {
+        process::daemonize().context("cannot detach as a daemon")?;
+    }
+    telemetry::init(args.epmd.log_format, args.epmd.debug);
+    // Keep headroom for listeners, the admin server, files and the API
+    // client, so the limit below is reached before descriptors run out.
+    const SPARE_FDS: u64 = 64;
+    let mut max_conn = args.epmd.max_connections as usize;
+    match process::raise_nofile(max_conn as u64 + SPARE_FDS) {
+        Ok(n) if n < max_conn as u64 + SPARE_FDS => {
+            max_conn = n.saturating_sub(SPARE_FDS).max(16) as usize;
+            warn!(
+                nofile = n,
+                max_connections = max_conn,
+                "descriptor limit is low; connection limit lowered to fit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
+    let config = Config {
+        port: args.epmd.port,
+        packet_timeout: args.packet_timeout(),
+        delay_accept: Duration::from_secs(args.epmd.delay_accept),
+        delay_write: Duration::from_secs(args.epmd.delay_write),
+        relaxed: args.relaxed(),
+        kill: if args.kube.kubernetes && !args.kube.allow_kill {
+            KillPolicy::Never
+        } else {
+            KillPolicy::Epmd
+        },
+        dist_range: args.dist_port_range(),
+        max_connections: max_conn,
+        debug: args.epmd.debug > 0,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async_main(args, addrs, config))
+}
+
+async fn async_main(
+    args: Args,
+    addrs: Vec<std::net::IpAddr>,
+    config: Config,
+) -> anyhow::Result<()> {
+    let listeners = if args.epmd.systemd {
+        server::from_systemd()?
+    } else {
+        match server::bind_all(&addrs, config.port) {
+            Ok(l) => l,
+            Err(e @ BindError::InUse { .. }) => {
+                // epmd exits 0 here: `erl` starts one on every boot.
+                warn!("{e}; exiting");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared::new(config, metrics));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    info!(
+        port = shared.config.port,
+        addresses = ?addrs,
+        dist_port_range = ?shared.config.dist_range.map(|r| r.to_string()),
+        "kube-epmd listening"
+    );
+    server::serve(listeners, shared, shutdown_rx).await;
+    info!("kube-epmd stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,291 @@
+//! The node registry: which names are alive on which port, and the creation
+//! numbers of names seen before. Plain data behind a small API; the server
+//! decides who may call what.
+//!
+//! Semantics follow `node_reg2` in OTP's epmd_srv.c:
+//! - a name is registered at most once; a second ALIVE2 for it fails;
+//! - a name never seen gets creation `now + 1` (never below 4), a name
+//!   remembered from an earlier registration gets its old counter + 1;
+//! - nodes with HighestVersion < 6 see `counter % 3 + 1` (creations 1..3);
+//! - up to 1000 unregistered names are remembered (5 when debugging), oldest
+//!   forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use thiserror::Error;
+
+use crate::codec::{NodeInfo, X_RESP_MIN_VERSION};
+
+/// Identifies the connection that holds a registration.
+pub type ConnId = u64;
+
+/// Names remembered after unregistration, as epmd's MAX_UNREG_COUNT.
+pub const MAX_UNREG: usize = 1000;
+/// The same limit when running with `-d`, as epmd's DEBUG_MAX_UNREG_COUNT.
+pub const DEBUG_MAX_UNREG: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegisterError {
+    #[error("node name {0:?} is already registered")]
+    AlreadyRegistered(String),
+}
+
+/// A live registration.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub info: NodeInfo,
+    pub conn: ConnId,
+    /// The holding socket's file descriptor, shown by DUMP as epmd does.
+    pub fd: i32,
+    counter: u32,
+    /// Registration order, newest highest: NAMES and DUMP list newest first.
+    seq: u64,
+}
+
+impl Node {
+    /// The creation this node was given, as the wire reply carries it.
+    pub fn creation(&self) -> u32 {
+        creation_for(self.counter, self.info.highest_version)
+    }
+}
+
+fn creation_for(counter: u32, highest_version: u16) -> u32 {
+    if highest_version >= X_RESP_MIN_VERSION {
+        counter
+    } else {
+        counter % 3 + 1
+    }
+}
+
+/// A remembered, no longer registered name.
+#[derive(Debug, Clone)]
+pub struct OldName {
+    pub name: String,
+    pub port: u16,
+    pub fd: i32,
+    counter: u32,
+}
+
+#[derive(Debug, Default)]
+struct Unregistered {
+    /// Oldest first.
+    order: VecDeque<String>,
+    by_name: HashMap<String, OldName>,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    live: DashMap<String, Node>,
+    old: Mutex<Unregistered>,
+    max_unreg: usize,
+    seq: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(MAX_UNREG)
+    }
+}
+
+fn bump(counter: u32) -> u32 {
+    counter.wrapping_add(1).max(4)
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    pub fn new(max_unreg: usize) -> Self {
+        Registry {
+            live: DashMap::new(),
+            old: Mutex::new(Unregistered::default()),
+            max_unreg,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn old(&self) -> std::sync::MutexGuard<'_, Unregistered> {
+        // A panic elsewhere cannot leave this plain data half-updated in a
+        // way that matters more than losing the service, so keep going.
+        self.old.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register `info` for connection `conn`; returns the creation to report.
+    pub fn register(&self, info: NodeInfo, conn: ConnId, fd: i32) -> Result<u32, RegisterError> {
+        match self.live.entry(info.name.clone()) {
+            Entry::Occupied(_) => Err(RegisterError::AlreadyRegistered(info.name)),
+            Entry::Vacant(slot) => {
+                let counter = {
+                    let mut old = self.old();
+                    match old.by_name.remove(&info.name) {
+                        Some(prev) => {
+                            old.order.retain(|n| n != &info.name);
+                            bump(prev.counter)
+                        }
+                        None => bump(unix_now()),
+                    }
+                };
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let node = Node {
+                    info,
+                    conn,
+                    fd,
+                    counter,
+                    seq,
+                };
+                let creation = node.creation();
+                slot.insert(node);
+                Ok(creation)
+            }
+        }
+    }
+
+    /// Forget the registration held by `conn` for `name`, if that is still it.
+    pub fn unregister(&self, name: &str, conn: ConnId) -> Option<Node> {
+        let (_, node) = self.live.remove_if(name, |_, n| n.conn == conn)?;
+        self.remember(&node);
+        Some(node)
+    }
+
+    /// Forget `name` whoever holds it (STOP_REQ); the caller closes its socket.
+    pub fn unregister_name(&self, name: &str) -> Option<Node> {
+        let (_, node) = self.live.remove(name)?;
+        self.remember(&node);
+        Some(node)
+    }
+
+    fn remember(&self, node: &Node) {
+        let mut old = self.old();
+        // epmd keeps at most max_unreg + 1 entries before stealing the oldest.
+        while old.order.len() > self.max_unreg {
+            if let Some(gone) = old.order.pop_front() {
+                old.by_name.remove(&gone);
+            }
+        }
+        let name = node.info.name.clone();
+        old.order.push_back(name.clone());
+        old.by_name.insert(
+            name.clone(),
+            OldName {
+                name,
+                port: node.info.port,
+                fd: node.fd,
+                counter: node.counter,
+            },
+        );
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<NodeInfo> {
+        self.live.get(name).map(|n| n.info.clone())
+    }
+
+    /// Run `f` on the node registered as `name` without cloning it.
+    pub fn with_node<R>(&self, name: &str, f: impl FnOnce(Option<&NodeInfo>) -> R) -> R {
+        match self.live.get(name) {
+            Some(n) => f(Some(&n.info)),
+            None => f(None),
+        }
+    }
+
+    /// Live nodes, newest registration first.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = self.live.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|n| std::cmp::Reverse(n.seq));
+        v
+    }
+
+    /// Remembered names, oldest first (DUMP's order).
+    pub fn old_names(&self) -> Vec<OldName> {
+        let old = self.old();
+        old.order
+            .iter()
+            .filter_map(|n| old.by_name.get(n).cloned())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, port: u16, hv: u16) -> NodeInfo {
+        NodeInfo {
+            port,
+            node_type: 77,
+            protocol: 0,
+            highest_version: hv,
+            lowest_version: 5,
+            name: name.into(),
+            extra: vec![],
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_newest_first() {
+        let r = Registry::default();
+        r.register(info("a", 1, 6), 1, 10).unwrap();
+        r.register(info("b", 2, 6), 2, 11).unwrap();
+        assert_eq!(
+            r.register(info("a", 3, 6), 3, 12),
+            Err(RegisterError::AlreadyRegistered("a".into()))
+        );
+        let names: Vec<_> = r.nodes().into_iter().map(|n| n.info.name).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(r.lookup("a").map(|n| n.port), Some(1));
+    }
+
+    #[test]
+    fn creation_starts_at_time_and_bumps_on_reregistration() {
+        let r = Registry::default();
+        let before = unix_now();
+        let c1 = r.register(info("a", 1, 6), 1, 10).unwrap();
+        assert!(c1 > before && c1 <= unix_now() + 1, "c1={c1}");
+        assert!(r.unregister("a", 1).is_some());
+        let c2 = r.register(info("a", 1, 6), 2, 10).unwrap();
+        assert_eq!(c2, c1 + 1);
+        // an old-protocol node sees the 1..3 form
+        r.unregister("a", 2);
+        let c3 = r.register(info("a", 1, 5), 3, 10).unwrap();
+        assert_eq!(c3, (c1 + 2) % 3 + 1);
+    }
+
+    #[test]
+    fn unregister_needs_the_holding_connection() {
+        let r = Registry::default();
+        r.register(info("a", 1, 6), 1, 10).unwrap();
+        assert!(r.unregister("a", 2).is_none());
+        assert_eq!(r.len(), 1);
+        assert!(r.unregister_name("a").is_some());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_old_names() {
+        let r = Registry::new(5);
+        for i in 0..20u64 {
+            let n = format!("n{i}");
+            r.register(info(&n, 1, 6), i, 10).unwrap();
+            r.unregister(&n, i);
+        }
+        let old = r.old_names();
+        assert_eq!(old.len(), 6);
+        assert_eq!(old.last().map(|o| o.name.as_str()), Some("n19"));
+    }
+}

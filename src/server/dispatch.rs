@@ -1,0 +1,217 @@
+//! What the daemon answers to one decoded request: policy (who may ask what,
+//! the pinned distribution range, KILL in a sidecar) on top of the registry.
+//! No sockets here; the connection carries out the returned [`Action`].
+
+use bytes::BytesMut;
+use tracing::{info, warn};
+
+use super::{KillPolicy, Shared};
+use crate::codec::{Alive2, NodeInfo, Request, Response, validate_alive2};
+use crate::metrics::Outcome;
+use crate::registry::ConnId;
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub conn: ConnId,
+    pub fd: i32,
+    /// Loopback, or the same address as the socket's own (epmd's rule).
+    pub local: bool,
+}
+
+/// What the connection does next.
+#[derive(Debug)]
+pub enum Action {
+    /// Write the bytes and close.
+    ReplyClose(BytesMut),
+    /// Close at once, writing nothing.
+    Close,
+    /// Write the reply and hold the connection: the node is registered as
+    /// `name` until it closes (or, on refusal, `name` is None).
+    ReplyKeep(BytesMut, Option<String>),
+    /// Write the reply, close, then stop the daemon (KILL accepted).
+    ReplyExit(BytesMut),
+}
+
+pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) {
+    let local_only = matches!(
+        req,
+        Request::Alive2(_) | Request::Dump | Request::Kill | Request::Stop { .. }
+    );
+    if local_only && !peer.local {
+        warn!(
+            kind = req.kind().as_str(),
+            conn = peer.conn,
+            "request from non-local address refused"
+        );
+        return (Action::Close, Outcome::Dropped);
+    }
+    match req {
+        Request::Alive2(a) => alive2(shared, a, peer),
+        Request::PortPlease2 { name } => port_please2(shared, &name),
+        Request::Names => {
+            let mut out = BytesMut::with_capacity(256);
+            Response::PortHeader(shared.config.port).encode(&mut out);
+            for n in shared.registry.nodes() {
+                Response::NameLine {
+                    name: &n.info.name,
+                    port: n.info.port,
+                }
+                .encode(&mut out);
+            }
+            (Action::ReplyClose(out), Outcome::Ok)
+        }
+        Request::Dump => {
+            let mut out = BytesMut::with_capacity(256);
+            Response::PortHeader(shared.config.port).encode(&mut out);
+            for n in shared.registry.nodes() {
+                Response::DumpActive {
+                    name: &n.info.name,
+                    port: n.info.port,
+                    fd: n.fd,
+                }
+                .encode(&mut out);
+            }
+            for o in shared.registry.old_names() {
+                Response::DumpOld {
+                    name: &o.name,
+                    port: o.port,
+                    fd: o.fd,
+                }
+                .encode(&mut out);
+            }
+            (Action::ReplyClose(out), Outcome::Ok)
+        }
+        Request::Kill => kill(shared),
+        Request::Stop { name } => stop(shared, &name),
+    }
+}
+
+fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
+    let hv = a.highest_version;
+    let refuse = |outcome| {
+        let reply = Response::Alive2 {
+            ok: false,
+            creation: 99,
+            highest_version: hv,
+        }
+        .to_bytes();
+        (Action::ReplyKeep(reply, None), outcome)
+    };
+    let name = match validate_alive2(&a) {
+        Ok(n) => n.to_owned(),
+        Err(e) => {
+            warn!(error = %e, "registration refused");
+            return refuse(Outcome::Refused);
+        }
+    };
+    if let Some(range) = shared.config.dist_range
+        && !range.contains(a.port)
+    {
+        warn!(
+            node = %name,
+            port = a.port,
+            range = %range,
+            "registration refused: distribution port outside the pinned range {range}; \
+             start the node with `-kernel inet_dist_listen_min {} inet_dist_listen_max {}` \
+             (ejabberd: FIREWALL_WINDOW={}-{})",
+            range.min, range.max, range.min, range.max
+        );
+        return refuse(Outcome::Refused);
+    }
+    let info = NodeInfo {
+        port: a.port,
+        node_type: a.node_type,
+        protocol: a.protocol,
+        highest_version: a.highest_version,
+        lowest_version: a.lowest_version,
+        name: name.clone(),
+        extra: a.extra,
+    };
+    match shared.registry.register(info, peer.conn, peer.fd) {
+        Ok(creation) => {
+            info!(node = %name, port = a.port, creation, "node registered");
+            shared.metrics.registered_nodes.inc();
+            let reply = Response::Alive2 {
+                ok: true,
+                creation,
+                highest_version: hv,
+            }
+            .to_bytes();
+            (Action::ReplyKeep(reply, Some(name)), Outcome::Ok)
+        }
+        Err(e) => {
+            warn!(error = %e, "registration refused");
+            refuse(Outcome::Refused)
+        }
+    }
+}
+
+fn port_please2(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
+    // The codec has checked the name is UTF-8; a name that is not cannot be
+    // registered either, so it is a miss.
+    let name = std::str::from_utf8(name).unwrap_or_default();
+    shared.registry.with_node(name, |node| match node {
+        Some(info) => (
+            Action::ReplyClose(Response::Port2Hit(info).to_bytes()),
+            Outcome::Ok,
+        ),
+        None => (
+            Action::ReplyClose(Response::Port2Miss.to_bytes()),
+            Outcome::Miss,
+        ),
+    })
+}
+
+fn kill(shared: &Shared) -> (Action, Outcome) {
+    let reg = shared.registry.len();
+    let no = || {
+        (
+            Action::ReplyClose(Response::Kill { ok: false }.to_bytes()),
+            Outcome::Refused,
+        )
+    };
+    match shared.config.kill {
+        KillPolicy::Never => {
+            warn!(
+                registered = reg,
+                "KILL_REQ refused: this sidecar does not stop on `epmd -kill` (see --allow-kill)"
+            );
+            no()
+        }
+        KillPolicy::Epmd if reg > 0 && !shared.config.relaxed => {
+            warn!(registered = reg, "KILL_REQ refused: live nodes registered");
+            no()
+        }
+        KillPolicy::Epmd => {
+            info!("KILL_REQ accepted: stopping");
+            (
+                Action::ReplyExit(Response::Kill { ok: true }.to_bytes()),
+                Outcome::Ok,
+            )
+        }
+    }
+}
+
+fn stop(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
+    if !shared.config.relaxed {
+        warn!("STOP_REQ refused: relaxed command check is off");
+        return (Action::Close, Outcome::Dropped);
+    }
+    let name = String::from_utf8_lossy(name);
+    match shared.registry.unregister_name(&name) {
+        Some(node) => {
+            info!(node = %name, "node unregistered by STOP_REQ");
+            shared.metrics.registered_nodes.dec();
+            shared.kick(node.conn);
+            (
+                Action::ReplyClose(Response::Stopped.to_bytes()),
+                Outcome::Ok,
+            )
+        }
+        None => (
+            Action::ReplyClose(Response::StopNoExist.to_bytes()),
+            Outcome::Refused,
+        ),
+    }
+}
