@@ -1,0 +1,220 @@
+//! Test harness shared by the integration tests: start kube-epmd or OTP's C
+//! epmd on a free port, talk raw EPMD bytes to either, and clean up.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// OTP's own epmd from Debian's erlang-base: the reference implementation.
+pub fn c_epmd_path() -> PathBuf {
+    let dir = std::fs::read_dir("/usr/lib/erlang").expect("erlang-base is not installed");
+    let mut found: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin/epmd"))
+        .filter(|p| p.exists() && p.to_string_lossy().contains("erts-"))
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("no /usr/lib/erlang/erts-*/bin/epmd (apt-get install erlang-base)")
+}
+
+pub fn kube_epmd_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kube-epmd"))
+}
+
+/// A port free on both 127.0.0.1 and ::1 right now (listeners bind both).
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("::1", port)).is_ok()
+            || std::net::TcpListener::bind(("::", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// Which implementation a [`Daemon`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    Kube,
+    C,
+}
+
+/// A running EPMD, killed when dropped.
+pub struct Daemon {
+    pub port: u16,
+    pub which: Impl,
+    child: Child,
+}
+
+impl Daemon {
+    pub fn start(which: Impl, extra: &[&str]) -> Daemon {
+        Self::start_on(which, free_port(), extra)
+    }
+
+    pub fn start_on(which: Impl, port: u16, extra: &[&str]) -> Daemon {
+        let bin = match which {
+            Impl::Kube => kube_epmd_path(),
+            Impl::C => c_epmd_path(),
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg("-port").arg(port.to_string()).args(extra);
+        cmd.env_remove("ERL_EPMD_PORT")
+            .env_remove("ERL_EPMD_ADDRESS")
+            .env_remove("ERL_EPMD_RELAXED_COMMAND_CHECK")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("spawn epmd");
+        let d = Daemon { port, which, child };
+        wait_until(Duration::from_secs(10), "epmd to listen", || {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+        });
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Has the process exited (e.g. after an accepted KILL_REQ)?
+    pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Poll `cond` until it holds; panic with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a client saw after sending something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub bytes: Vec<u8>,
+    /// The daemon closed the connection (EOF or reset) rather than keep it.
+    pub closed: bool,
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).expect("connect");
+    s.set_nodelay(true).ok();
+    s
+}
+
+/// Read whatever arrives until the peer closes or `quiet` passes with no data.
+pub fn read_reply(s: &mut TcpStream, quiet: Duration) -> Observed {
+    s.set_read_timeout(Some(quiet)).ok();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                return Observed {
+                    bytes,
+                    closed: true,
+                };
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Observed {
+                    bytes,
+                    closed: false,
+                };
+            }
+            Err(_) => {
+                return Observed {
+                    bytes,
+                    closed: true,
+                };
+            }
+        }
+    }
+}
+
+/// Default wait for "the daemon keeps this connection open".
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Open a connection, send `req`, collect the reply.
+pub fn exchange(port: u16, req: &[u8]) -> Observed {
+    let mut s = connect(port);
+    s.write_all(req).expect("write");
+    read_reply(&mut s, QUIET)
+}
+
+/// Same, but hand back the socket (for registrations held open).
+pub fn exchange_keep(port: u16, req: &[u8]) -> (TcpStream, Observed) {
+    let mut s = connect(port);
+    s.write_all(req).expect("write");
+    let o = read_reply(&mut s, QUIET);
+    (s, o)
+}
+
+/// A length-prefixed frame around `payload`.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// An ALIVE2_REQ frame.
+pub fn alive2(name: &[u8], port: u16, highest: u16, extra: &[u8]) -> Vec<u8> {
+    let mut p = vec![b'x'];
+    p.extend_from_slice(&port.to_be_bytes());
+    p.push(77); // normal Erlang node
+    p.push(0); // tcp/ipv4
+    p.extend_from_slice(&highest.to_be_bytes());
+    p.extend_from_slice(&5u16.to_be_bytes());
+    p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    p.extend_from_slice(name);
+    p.extend_from_slice(&(extra.len() as u16).to_be_bytes());
+    p.extend_from_slice(extra);
+    frame(&p)
+}
+
+pub fn port_please(name: &[u8]) -> Vec<u8> {
+    let mut p = vec![b'z'];
+    p.extend_from_slice(name);
+    frame(&p)
+}
+
+/// Run a command, return (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,351 @@
+//! Differential tests: the same request sequences go to OTP's C epmd and to
+//! kube-epmd; replies must be byte-identical and connections must be closed
+//! or kept open alike. The only normalisations are values that differ by
+//! construction: the daemon's own port in NAMES/DUMP headers, creations
+//! (time-based; their relations are compared instead) and DUMP's fd numbers.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// One run of a scenario against one daemon.
+struct Script {
+    port: u16,
+    steps: Vec<(String, Observed)>,
+    creations: Vec<u32>,
+    held: Vec<TcpStream>,
+}
+
+impl Script {
+    fn new(port: u16) -> Self {
+        Script {
+            port,
+            steps: Vec::new(),
+            creations: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, label: &str, mut o: Observed) -> Observed {
+        // ALIVE2 replies: keep the creation aside, compare the rest.
+        if o.bytes.len() == 6 && o.bytes[0] == b'v' && o.bytes[1] == 0 {
+            self.creations.push(u32::from_be_bytes([
+                o.bytes[2], o.bytes[3], o.bytes[4], o.bytes[5],
+            ]));
+            o.bytes[2..6].fill(0);
+        } else if o.bytes.len() == 4 && o.bytes[0] == b'y' && o.bytes[1] == 0 {
+            self.creations
+                .push(u32::from(u16::from_be_bytes([o.bytes[2], o.bytes[3]])));
+            o.bytes[2..4].fill(0);
+        }
+        self.steps.push((label.to_string(), o.clone()));
+        o
+    }
+
+    /// Send on a fresh connection, record the reply.
+    fn send(&mut self, label: &str, bytes: &[u8]) -> Observed {
+        let o = exchange(self.port, bytes);
+        self.record(label, o)
+    }
+
+    /// Send on a fresh connection and keep it (registrations); returns its index.
+    fn send_hold(&mut self, label: &str, bytes: &[u8]) -> usize {
+        let (s, o) = exchange_keep(self.port, bytes);
+        self.record(label, o);
+        self.held.push(s);
+        self.held.len() - 1
+    }
+
+    /// Is held connection `i` still open (and what arrived on it)?
+    fn check_held(&mut self, label: &str, i: usize) {
+        let o = read_reply(&mut self.held[i], QUIET);
+        self.record(label, o);
+    }
+
+    fn close_held(&mut self, i: usize) {
+        let _ = self.held[i].shutdown(std::net::Shutdown::Both);
+        // Give the daemon time to notice the close before the next step.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// NAMES reply with the 4-byte port header checked and stripped.
+    fn names(&mut self, label: &str) {
+        self.names_request(label, &frame(b"n"))
+    }
+
+    /// Any request answered like NAMES (header checked and stripped).
+    fn names_request(&mut self, label: &str, req: &[u8]) {
+        let mut o = exchange(self.port, req);
+        assert!(o.bytes.len() >= 4, "{label}: short NAMES reply {o:?}");
+        assert_eq!(
+            o.bytes[..4],
+            u32::from(self.port).to_be_bytes(),
+            "{label}: NAMES header is not the daemon's port"
+        );
+        o.bytes.drain(..4);
+        self.record(label, o);
+    }
+
+    fn dump(&mut self, label: &str) {
+        let mut o = exchange(self.port, &frame(b"d"));
+        assert!(o.bytes.len() >= 4, "{label}: short DUMP reply");
+        assert_eq!(o.bytes[..4], u32::from(self.port).to_be_bytes());
+        o.bytes.drain(..4);
+        o.bytes = mask_fds(&o.bytes);
+        self.record(label, o);
+    }
+}
+
+/// Replace the digits after every "fd = " by "#".
+fn mask_fds(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"fd = ") {
+            out.extend_from_slice(b"fd = #");
+            i += 5;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Run `scenario` against the C epmd and kube-epmd with the same flags and
+/// assert identical transcripts; returns both runs' creations (C, kube).
+fn differential(flags: &[&str], scenario: impl Fn(&mut Script)) -> (Vec<u32>, Vec<u32>) {
+    let run = |which| {
+        let d = Daemon::start(which, flags);
+        let mut s = Script::new(d.port);
+        scenario(&mut s);
+        drop(d);
+        s
+    };
+    let c = run(Impl::C);
+    let k = run(Impl::Kube);
+    assert_eq!(c.steps.len(), k.steps.len());
+    for ((label, co), (_, ko)) in c.steps.iter().zip(&k.steps) {
+        assert_eq!(
+            co, ko,
+            "step {label:?}: C epmd (left) and kube-epmd (right) differ"
+        );
+    }
+    assert_eq!(c.creations.len(), k.creations.len());
+    (c.creations, k.creations)
+}
+
+#[test]
+fn names_on_an_empty_daemon() {
+    differential(&[], |s| s.names("names empty"));
+}
+
+#[test]
+fn register_lookup_and_names() {
+    differential(&[], |s| {
+        let a = s.send_hold("alive2 foo", &alive2(b"foo", 4201, 6, b""));
+        s.send_hold("alive2 bar with extra", &alive2(b"bar", 4202, 6, b"xyz"));
+        s.names("names two nodes newest first");
+        s.send("port_please foo", &port_please(b"foo"));
+        s.send("port_please bar + NUL", &port_please(b"bar\0"));
+        s.send("port_please missing", &port_please(b"nobody"));
+        s.send_hold("alive2 foo again", &alive2(b"foo", 4203, 6, b""));
+        s.check_held("registration kept open", a);
+        s.dump("dump");
+    });
+}
+
+#[test]
+fn creation_bumps_on_reregistration_and_old_nodes_get_small_creations() {
+    let (c, k) = differential(&[], |s| {
+        let a = s.send_hold("first", &alive2(b"cr", 4200, 6, b""));
+        s.close_held(a);
+        let b = s.send_hold("second", &alive2(b"cr", 4200, 6, b""));
+        s.close_held(b);
+        s.send_hold("third", &alive2(b"cr", 4200, 6, b""));
+        s.send_hold("old protocol node", &alive2(b"oldie", 4201, 5, b""));
+        s.names("names");
+        s.dump("dump with old names");
+    });
+    for (which, cr) in [("C", c), ("kube", k)] {
+        assert_eq!(cr.len(), 4, "{which}");
+        assert_eq!(cr[1], cr[0] + 1, "{which}: re-registration must bump");
+        assert_eq!(cr[2], cr[1] + 1, "{which}: re-registration must bump");
+        assert!(
+            (1..=3).contains(&cr[3]),
+            "{which}: old node creation {}",
+            cr[3]
+        );
+    }
+}
+
+#[test]
+fn refused_registrations_reply_1_and_stay_open() {
+    differential(&[], |s| {
+        let long = vec![b'a'; 1021];
+        let i = s.send_hold("name over 1020 bytes", &alive2(&long, 4200, 6, b""));
+        s.check_held("still open", i);
+        s.send_hold("invalid utf8", &alive2(b"\xc3(", 4200, 6, b""));
+        s.send_hold("256 code points", &alive2(&[b'b'; 256], 4200, 6, b""));
+        s.send_hold(
+            "255 two-byte code points",
+            &alive2("é".repeat(255).as_bytes(), 4200, 6, b""),
+        );
+        s.send_hold("extra over 1020", &alive2(b"ex", 4200, 6, &[1; 1021]));
+        s.send_hold("old node refused", &alive2(&long, 4200, 5, b""));
+        s.names("names");
+    });
+}
+
+#[test]
+fn malformed_requests_close_without_reply() {
+    differential(&[], |s| {
+        let keep = s.send_hold("registration", &alive2(b"keep", 4200, 6, b""));
+        s.send("length 0", &[0, 0]);
+        let mut big = frame(&vec![b'n'; 3058]);
+        s.send("length 3058", &big);
+        big = frame(&vec![b'n'; 3057]);
+        s.names_request("length 3057 accepted", &big);
+        let mut two = frame(b"n");
+        two.extend_from_slice(&frame(b"n"));
+        s.send("two requests in one write", &two);
+        for code in [b'a', b'p', b'?', 0u8, 0xff] {
+            s.send(&format!("unknown code {code}"), &frame(&[code]));
+        }
+        let full = alive2(b"trunc", 4200, 6, b"");
+        for cut in [3usize, 8, 13, 15] {
+            let p = full[2..cut].to_vec();
+            s.send(&format!("alive2 truncated at {cut}"), &frame(&p));
+        }
+        s.send("nul in alive2 name", &alive2(b"a\0b", 4200, 6, b""));
+        s.send("port_please empty", &port_please(b""));
+        s.send("port_please only nul", &port_please(b"\0"));
+        s.send("port_please inner nul", &port_please(b"ke\0ep"));
+        s.send("port_please invalid utf8", &port_please(b"\xff"));
+        s.send("port_please 256 chars", &port_please(&[b'k'; 256]));
+        s.send("only a length header", &[0, 5]);
+        s.check_held("registration survives all of it", keep);
+        s.names("names still lists it");
+    });
+}
+
+#[test]
+fn one_byte_at_a_time() {
+    differential(&[], |s| {
+        s.send_hold("register", &alive2(b"drip", 4205, 6, b""));
+        let req = port_please(b"drip");
+        let mut c = connect(s.port);
+        for b in &req {
+            c.write_all(&[*b]).expect("write");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let o = read_reply(&mut c, QUIET);
+        s.record("port_please dripped", o);
+    });
+}
+
+#[test]
+fn any_byte_on_a_registration_unregisters() {
+    differential(&[], |s| {
+        let a = s.send_hold("register", &alive2(b"chatty", 4206, 6, b""));
+        s.held[a].write_all(b"?").expect("write");
+        s.check_held("connection closed after extra byte", a);
+        s.names("gone from names");
+    });
+}
+
+#[test]
+fn kill_and_stop_without_relaxed_checks() {
+    differential(&[], |s| {
+        s.send_hold("register", &alive2(b"live", 4207, 6, b""));
+        s.send("kill with live node", &frame(b"k"));
+        s.send("stop refused", &frame(b"slive"));
+        s.names("still registered");
+    });
+}
+
+#[test]
+fn stop_with_relaxed_checks() {
+    differential(&["-relaxed_command_check"], |s| {
+        let a = s.send_hold("register", &alive2(b"victim", 4208, 6, b""));
+        s.send("stop known", &frame(b"svictim"));
+        s.check_held("victim's connection closed", a);
+        s.send("stop unknown", &frame(b"snobody"));
+        s.send("stop without name", &frame(b"s"));
+        s.names("empty");
+    });
+}
+
+#[test]
+fn kill_relaxed_stops_the_daemon() {
+    for which in [Impl::C, Impl::Kube] {
+        let mut d = Daemon::start(which, &["-relaxed_command_check"]);
+        let (_keep, o) = exchange_keep(d.port, &alive2(b"n1", 4200, 6, b""));
+        assert_eq!(o.bytes[..2], [b'v', 0]);
+        let o = exchange(d.port, &frame(b"k"));
+        assert_eq!(
+            o,
+            Observed {
+                bytes: b"OK".to_vec(),
+                closed: true
+            },
+            "{which:?}"
+        );
+        let st = d.exited_within(Duration::from_secs(5));
+        assert_eq!(
+            st.and_then(|s| s.code()),
+            Some(0),
+            "{which:?} did not exit 0"
+        );
+    }
+}
+
+#[test]
+fn idle_connections_time_out_but_registrations_do_not() {
+    for which in [Impl::C, Impl::Kube] {
+        let d = Daemon::start(which, &["-packet_timeout", "1"]);
+        let (mut reg, o) = exchange_keep(d.port, &alive2(b"stays", 4209, 6, b""));
+        assert_eq!(o.bytes[..2], [b'v', 0]);
+        let mut idle = connect(d.port);
+        idle.write_all(&[0]).expect("half a header");
+        // epmd checks idle connections about once a second: allow 5 s.
+        let o = read_reply(&mut idle, Duration::from_secs(5));
+        assert!(
+            o.closed && o.bytes.is_empty(),
+            "{which:?}: idle not closed: {o:?}"
+        );
+        let o = read_reply(&mut reg, Duration::from_millis(500));
+        assert!(!o.closed, "{which:?}: registration timed out");
+        let o = exchange(d.port, &port_please(b"stays"));
+        assert_eq!(o.bytes[..2], [b'w', 0], "{which:?}");
+    }
+}
+
+#[test]
+fn creation_is_time_based() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0)
+    };
+    for which in [Impl::C, Impl::Kube] {
+        let d = Daemon::start(which, &[]);
+        let before = now();
+        let (_k, o) = exchange_keep(d.port, &alive2(b"t", 4200, 6, b""));
+        let after = now();
+        let c = u32::from_be_bytes([o.bytes[2], o.bytes[3], o.bytes[4], o.bytes[5]]);
+        assert!(
+            c > before && c <= after + 1,
+            "{which:?}: creation {c} not in ({before}, {}]",
+            after + 1
+        );
+    }
+}
