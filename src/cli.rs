@@ -320,16 +320,41 @@ impl Args {
     }
 }
 
-/// Rewrite `-port` → `--port` and friends; everything else passes through.
+/// epmd flags that take a value: the token after them is never a flag.
+const EPMD_VALUE_FLAGS: &[&str] = &[
+    "-port",
+    "-address",
+    "-packet_timeout",
+    "-delay_accept",
+    "-delay_write",
+    "-stop",
+];
+
+/// Rewrite `-port` → `--port` and friends; everything else passes through,
+/// except that an unknown single-dash word (`-bogus`) is reported whole
+/// rather than as clap's "unexpected argument '-b'".
 pub fn normalize_epmd_flags(argv: impl Iterator<Item = String>) -> Vec<String> {
-    argv.map(|a| {
-        if EPMD_LONG_FLAGS.contains(&a.as_str()) {
-            format!("-{a}")
+    let mut out: Vec<String> = Vec::new();
+    let mut value_next = false;
+    for a in argv {
+        let is_value = std::mem::take(&mut value_next);
+        if is_value || out.is_empty() {
+            out.push(a);
+        } else if EPMD_LONG_FLAGS.contains(&a.as_str()) {
+            value_next = EPMD_VALUE_FLAGS.contains(&a.as_str());
+            out.push(format!("-{a}"));
+        } else if a.len() > 2
+            && a.starts_with('-')
+            && !a.starts_with("--")
+            && !a[1..].bytes().all(|b| b == b'd')
+        {
+            // clap reports the whole token as an unknown long flag.
+            out.push(format!("-{a}"));
         } else {
-            a
+            out.push(a);
         }
-    })
-    .collect()
+    }
+    out
 }
 
 /// epmd's `-address` rule: a list split on commas and spaces; loopback

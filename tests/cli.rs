@@ -1,0 +1,229 @@
+//! The epmd-compatible command line: client commands print what OTP's
+//! `epmd` prints and exit with the same codes, against either daemon;
+//! daemon flags and environment behave as epmd's.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn client(which: Impl, port: u16, args: &[&str]) -> (i32, String, String) {
+    let bin = match which {
+        Impl::Kube => kube_epmd_path(),
+        Impl::C => c_epmd_path(),
+    };
+    run(Command::new(bin)
+        .arg("-port")
+        .arg(port.to_string())
+        .args(args)
+        .env_remove("ERL_EPMD_PORT"))
+}
+
+/// Register the same nodes on a daemon; returns the held connections.
+fn register(port: u16, names: &[&str]) -> Vec<TcpStream> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (s, o) = exchange_keep(port, &alive2(n.as_bytes(), 4200 + i as u16, 6, b""));
+            assert_eq!(o.bytes[..2], [b'v', 0], "register {n}");
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn names_output_is_identical_for_every_client_daemon_pair() {
+    let c = Daemon::start(Impl::C, &[]);
+    let k = Daemon::start(Impl::Kube, &[]);
+    let _hc = register(c.port, &["alpha", "beta"]);
+    let _hk = register(k.port, &["alpha", "beta"]);
+    let norm = |out: String, port: u16| out.replace(&port.to_string(), "PORT");
+    let reference = norm(client(Impl::C, c.port, &["-names"]).1, c.port);
+    assert!(
+        reference.starts_with("epmd: up and running on port PORT with data:\n"),
+        "{reference}"
+    );
+    assert!(reference.contains("name beta at port 4201\nname alpha at port 4200\n"));
+    for (cl, d) in [(Impl::Kube, &c), (Impl::C, &k), (Impl::Kube, &k)] {
+        let (code, out, _) = client(cl, d.port, &["-names"]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            norm(out, d.port),
+            reference,
+            "{cl:?} client vs {:?}",
+            d.which
+        );
+    }
+}
+
+#[test]
+fn started_reports_whether_a_daemon_answers() {
+    let k = Daemon::start(Impl::Kube, &[]);
+    assert_eq!(
+        client(Impl::Kube, k.port, &["-started"]),
+        (0, String::new(), String::new())
+    );
+    let nobody = free_port();
+    for which in [Impl::C, Impl::Kube] {
+        assert_eq!(client(which, nobody, &["-started"]).0, 1, "{which:?}");
+    }
+}
+
+#[test]
+fn no_daemon_gives_epmds_message() {
+    let nobody = free_port();
+    let c = client(Impl::C, nobody, &["-names"]);
+    let k = client(Impl::Kube, nobody, &["-names"]);
+    assert_eq!(c.0, 1);
+    assert_eq!(k, c);
+    assert_eq!(k.2, "epmd: Cannot connect to local epmd\n");
+}
+
+#[test]
+fn kill_and_stop_outputs_match() {
+    for flags in [&[][..], &["-relaxed_command_check"][..]] {
+        let mut outs = Vec::new();
+        for which in [Impl::C, Impl::Kube] {
+            let mut d = Daemon::start(which, flags);
+            let _held = register(d.port, &["victim"]);
+            let stop_unknown = client(which, d.port, &["-stop", "nobody"]);
+            let stop = client(which, d.port, &["-stop", "victim"]);
+            let kill = client(which, d.port, &["-kill"]);
+            let exited = d.exited_within(Duration::from_secs(3)).is_some();
+            outs.push((stop_unknown, stop, kill, exited));
+        }
+        assert_eq!(
+            outs[0], outs[1],
+            "flags {flags:?}: C (left) vs kube (right)"
+        );
+    }
+}
+
+#[test]
+fn kill_output_and_exit_codes() {
+    let mut k = Daemon::start(Impl::Kube, &[]);
+    let _held = register(k.port, &["n"]);
+    assert_eq!(
+        client(Impl::Kube, k.port, &["-kill"]),
+        (
+            1,
+            "Killing not allowed - living nodes in database.\n".into(),
+            String::new()
+        )
+    );
+    drop(_held);
+    wait_until(Duration::from_secs(5), "node to unregister", || {
+        client(Impl::Kube, k.port, &["-names"]).1.lines().count() == 1
+    });
+    assert_eq!(
+        client(Impl::Kube, k.port, &["-kill"]),
+        (0, "Killed\n".into(), String::new())
+    );
+    assert!(k.exited_within(Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn dump_output_matches_modulo_descriptors() {
+    let c = Daemon::start(Impl::C, &[]);
+    let k = Daemon::start(Impl::Kube, &[]);
+    let mut hc = register(c.port, &["d1", "d2"]);
+    let mut hk = register(k.port, &["d1", "d2"]);
+    // d1 becomes an "old/unused" name, d2 stays active.
+    drop(hc.remove(0));
+    drop(hk.remove(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let strip = |s: String, port: u16| {
+        s.replace(&port.to_string(), "PORT")
+            .split("fd = ")
+            .map(|p| p.trim_start_matches(|c: char| c.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join("fd = #")
+    };
+    let co = strip(client(Impl::C, c.port, &["-dump"]).1, c.port);
+    let ko = strip(client(Impl::Kube, k.port, &["-dump"]).1, k.port);
+    assert!(co.contains("old/unused name <d1>"), "{co:?}");
+    assert!(co.contains("active name     <d2>"), "{co:?}");
+    assert_eq!(ko, co);
+}
+
+#[test]
+fn env_port_is_honoured_and_flags_win() {
+    let k = Daemon::start(Impl::Kube, &[]);
+    let (code, out, _) = run(Command::new(kube_epmd_path())
+        .arg("-names")
+        .env("ERL_EPMD_PORT", k.port.to_string()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("port {}", k.port)));
+    let (code, _, _) = run(Command::new(kube_epmd_path())
+        .args(["-port", &k.port.to_string(), "-names"])
+        .env("ERL_EPMD_PORT", free_port().to_string()));
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn port_in_use_exits_zero_like_epmd() {
+    let k = Daemon::start(Impl::Kube, &[]);
+    let (code, _, err) = run(Command::new(kube_epmd_path())
+        .args(["-port", &k.port.to_string()])
+        .env("RUST_LOG", "warn"));
+    assert_eq!(code, 0);
+    assert!(err.contains("already"), "{err}");
+}
+
+#[test]
+fn bad_flags_name_the_problem_and_fail() {
+    for args in [
+        &["-port", "notaport"][..],
+        &["-bogus"],
+        &["-address", "300.1.1.1"],
+        &["--dist-port-range", "5-1"],
+        &["-packet_timeout", "0"],
+    ] {
+        let (code, out, err) = run(Command::new(kube_epmd_path()).args(args));
+        assert_ne!(code, 0, "{args:?} accepted");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        let shown = args.iter().find(|a| err.contains(*a));
+        assert!(
+            shown.is_some(),
+            "{args:?}: message does not name the problem: {err}"
+        );
+    }
+}
+
+#[test]
+fn address_flag_limits_listening_to_loopback_plus_given() {
+    // 127.0.0.1 only (loopback is always added): still reachable on loopback.
+    let port = free_port();
+    let _d = Daemon::start_on(Impl::Kube, port, &["-address", "127.0.0.1"]);
+    assert_eq!(client(Impl::C, port, &["-names"]).0, 0);
+}
+
+#[test]
+fn dist_port_range_refuses_ports_outside() {
+    let k = Daemon::start(Impl::Kube, &["--dist-port-range", "4200-4210"]);
+    let (_a, o) = exchange_keep(k.port, &alive2(b"inside", 4210, 6, b""));
+    assert_eq!(o.bytes[..2], [b'v', 0]);
+    let (_b, o) = exchange_keep(k.port, &alive2(b"outside", 4211, 6, b""));
+    assert_eq!(o.bytes, b"v\x01\0\0\0\x63");
+    assert!(!o.closed);
+    let (_, out, _) = client(Impl::Kube, k.port, &["-names"]);
+    assert!(
+        out.contains("name inside") && !out.contains("outside"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut k = Daemon::start(Impl::Kube, &[]);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(k.pid() as i32, libc::SIGTERM) };
+    let st = k
+        .exited_within(Duration::from_secs(5))
+        .expect("exit on SIGTERM");
+    assert_eq!(st.code(), Some(0));
+}
