@@ -227,3 +227,62 @@ fn sigterm_stops_cleanly() {
         .expect("exit on SIGTERM");
     assert_eq!(st.code(), Some(0));
 }
+
+#[test]
+fn daemon_flag_detaches_and_serves() {
+    let port = free_port();
+    let (code, _, _) =
+        run(Command::new(kube_epmd_path()).args(["-daemon", "-port", &port.to_string()]));
+    assert_eq!(code, 0);
+    wait_until(Duration::from_secs(10), "detached daemon to answer", || {
+        client(Impl::C, port, &["-names"]).0 == 0
+    });
+    // Nothing registered: epmd -kill stops it.
+    assert_eq!(client(Impl::C, port, &["-kill"]).1, "Killed\n");
+    wait_until(Duration::from_secs(5), "daemon to exit", || {
+        client(Impl::Kube, port, &["-started"]).0 == 1
+    });
+}
+
+#[test]
+fn systemd_socket_activation() {
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let mut cmd = Command::new("sh");
+    // exec keeps the shell's pid, so LISTEN_PID=$$ names kube-epmd itself.
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec {} -systemd -port {port}",
+            kube_epmd_path().display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; fd is open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep FD_CLOEXEC: clear it explicitly.
+            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    drop(listener);
+    let (_held, o) = exchange_keep(port, &alive2(b"sd", 4200, 6, b""));
+    assert_eq!(
+        o.bytes[..2],
+        [b'v', 0],
+        "registration over the inherited socket"
+    );
+    assert!(
+        client(Impl::C, port, &["-names"])
+            .1
+            .contains("name sd at port 4200")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
