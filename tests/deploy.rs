@@ -1297,13 +1297,39 @@ fn script() -> PathBuf {
     repo_path("deploy/base/ejabberd/cluster-entrypoint.sh")
 }
 
+/// The shells to run the script with: the system `sh`, and BusyBox (what
+/// the Alpine-based ejabberd image has: ash, awk, sort, cut) when installed.
+fn shells() -> Vec<(String, Option<tempfile::TempDir>)> {
+    let mut out = vec![("sh".to_string(), None)];
+    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file());
+    if let Some(bb) = busybox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for applet in ["sh", "awk", "sort", "cut"] {
+            std::os::unix::fs::symlink(&bb, dir.path().join(applet)).expect("symlink");
+        }
+        out.push((dir.path().join("sh").display().to_string(), Some(dir)));
+    }
+    out
+}
+
 /// `cluster-entrypoint.sh peers` as the ejabberd container runs it.
-fn script_peers(node: &str, pod: &str, hosts: &Path) -> Vec<String> {
-    let out = Command::new("sh")
+fn script_peers(
+    shell: &(String, Option<tempfile::TempDir>),
+    node: &str,
+    pod: &str,
+    hosts: &Path,
+) -> Vec<String> {
+    let path = match &shell.1 {
+        Some(dir) => dir.path().as_os_str().to_owned(),
+        None => std::env::var_os("PATH").unwrap_or_default(),
+    };
+    let out = Command::new(&shell.0)
         .arg(script())
         .arg("peers")
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATH", path)
         .env("POD_NAME", pod)
         .env("ERLANG_NODE_ARG", node)
         .env("KUBE_EPMD_HOSTS_FILE", hosts)
@@ -1311,7 +1337,8 @@ fn script_peers(node: &str, pod: &str, hosts: &Path) -> Vec<String> {
         .expect("run sh");
     assert!(
         out.status.success(),
-        "{}",
+        "{}: {}",
+        shell.0,
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
@@ -1339,42 +1366,56 @@ fn cluster_script_is_valid_shell() {
 fn cluster_script_finds_peers_in_the_hosts_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
-    // The shape kube-epmd writes: /etc/hosts format, loopback kept, every
-    // naming form of a pod on its line, one line per IP (dual stack).
+    // The shape kube-epmd writes (src/resolver.rs): a comment, loopback
+    // lines, then "IP<TAB>names" with every naming form of a pod, one line
+    // per IP (dual stack). One line uses spaces, as hand-written files do.
     std::fs::write(
         &hosts,
-        "# written by kube-epmd\n\
-         127.0.0.1 localhost\n\
-         ::1 localhost ip6-localhost\n\
-         10.1.0.12 chat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp chat-2.xmpp-internal-svc.xmpp.svc chat-2.xmpp-internal-svc.xmpp.svc.cluster.local\n\
-         fd00::12 chat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp\n\
-         10.1.0.10 chat-0 chat-0.xmpp-internal-svc chat-0.xmpp-internal-svc.xmpp\n\
+        "# Written by kube-epmd from the Kubernetes API; replaced as pods change.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         10.1.0.12\tchat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp chat-2.xmpp-internal-svc.xmpp.svc chat-2.xmpp-internal-svc.xmpp.svc.cluster.local\n\
+         fd00::12\tchat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp chat-2.xmpp-internal-svc.xmpp.svc chat-2.xmpp-internal-svc.xmpp.svc.cluster.local\n\
+         10.1.0.10\tchat-0 chat-0.xmpp-internal-svc chat-0.xmpp-internal-svc.xmpp\n\
          10.1.0.11 chat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.xmpp\n\
-         10.1.0.20 chat-10 chat-10.xmpp-internal-svc\n\
-         10.1.0.30 chatter-3 chatter-3.xmpp-internal-svc\n\
-         10.1.0.31 chat-x chat-x.xmpp-internal-svc\n",
+         10.1.0.20\tchat-10 chat-10.xmpp-internal-svc\n\
+         10.1.0.30\tchatter-3 chatter-3.xmpp-internal-svc\n\
+         10.1.0.31\tchat-x chat-x.xmpp-internal-svc\n",
     )
     .expect("write hosts");
 
-    assert_eq!(
-        script_peers("ejabberd@chat-1.xmpp-internal-svc", "chat-1", &hosts),
-        [
-            "ejabberd@chat-0.xmpp-internal-svc",
-            "ejabberd@chat-2.xmpp-internal-svc",
-            "ejabberd@chat-10.xmpp-internal-svc"
-        ]
-    );
-    assert_eq!(
-        script_peers("ejabberd@chat-0", "chat-0", &hosts),
-        ["ejabberd@chat-1", "ejabberd@chat-2", "ejabberd@chat-10"]
-    );
-    // Alone (a fresh cluster's first pod): no peers, so chat-0 seeds.
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 localhost\n10.1.0.10 chat-0 chat-0.xmpp-internal-svc\n",
-    )
-    .expect("write");
-    assert!(script_peers("ejabberd@chat-0.xmpp-internal-svc", "chat-0", &hosts).is_empty());
-    // No hosts file yet: no peers, no error.
-    assert!(script_peers("ejabberd@chat-0", "chat-0", &dir.path().join("missing")).is_empty());
+    for sh in shells() {
+        assert_eq!(
+            script_peers(&sh, "ejabberd@chat-1.xmpp-internal-svc", "chat-1", &hosts),
+            [
+                "ejabberd@chat-0.xmpp-internal-svc",
+                "ejabberd@chat-2.xmpp-internal-svc",
+                "ejabberd@chat-10.xmpp-internal-svc"
+            ]
+        );
+        assert_eq!(
+            script_peers(&sh, "ejabberd@chat-0", "chat-0", &hosts),
+            ["ejabberd@chat-1", "ejabberd@chat-2", "ejabberd@chat-10"]
+        );
+        // Alone (a fresh cluster's first pod): no peers, so chat-0 seeds.
+        let alone = dir.path().join("alone");
+        std::fs::write(
+            &alone,
+            "127.0.0.1 localhost\n10.1.0.10 chat-0 chat-0.xmpp-internal-svc\n",
+        )
+        .expect("write");
+        assert!(
+            script_peers(&sh, "ejabberd@chat-0.xmpp-internal-svc", "chat-0", &alone).is_empty()
+        );
+        // No hosts file yet: no peers, no error.
+        assert!(
+            script_peers(
+                &sh,
+                "ejabberd@chat-0",
+                "chat-0",
+                &dir.path().join("missing")
+            )
+            .is_empty()
+        );
+    }
 }
