@@ -1419,3 +1419,46 @@ fn cluster_script_finds_peers_in_the_hosts_file() {
         );
     }
 }
+
+// ------------------------------------------------------ the image recipe
+
+/// The Dockerfile's final stage and the sidecar spec agree: same non-root
+/// user, the binary as entrypoint (the spec passes args only), the ports.
+#[test]
+fn image_recipe_matches_the_sidecar() {
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).expect("Dockerfile");
+    let final_stage = dockerfile.rsplit("\nFROM ").next().expect("a final stage");
+    let line = |instr: &str| {
+        final_stage
+            .lines()
+            .find_map(|l| l.strip_prefix(instr))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("final stage has no {instr}"))
+    };
+    assert!(
+        !final_stage.contains("RUN "),
+        "the final stage runs nothing (no shell in it)"
+    );
+    assert_eq!(line("ENTRYPOINT "), r#"["/usr/local/bin/kube-epmd"]"#);
+    let (uid, gid) = line("USER ").split_once(':').expect("USER uid:gid");
+    let m = Manifests::load("deploy");
+    let sc = m.sidecar().security_context.clone().unwrap_or_default();
+    assert_eq!(sc.run_as_user.map(|u| u.to_string()).as_deref(), Some(uid));
+    assert_eq!(sc.run_as_group.map(|g| g.to_string()).as_deref(), Some(gid));
+    let exposed: BTreeSet<i32> = line("EXPOSE ")
+        .split_whitespace()
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    let declared: BTreeSet<i32> = m
+        .sidecar()
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(exposed, declared);
+    assert!(
+        dockerfile.contains("cargo build --release --locked --bin kube-epmd"),
+        "the image builds the committed lockfile's release binary"
+    );
+}
