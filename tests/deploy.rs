@@ -61,11 +61,19 @@ fn render(dir: &str) -> String {
         .unwrap_or_else(|e| {
             panic!("cannot run kubectl (install kubernetes-client; .ci/run does): {e}")
         });
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // The kustomizations use kustomize v5 syntax (kubectl 1.27+);
+        // Debian bookworm's kubernetes-client (1.20) embeds kustomize v2.
+        let version = Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .map(|v| String::from_utf8_lossy(&v.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "kubectl kustomize {dir} failed (needs kubectl 1.27+ / kustomize v5; this is:\n{version})\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     String::from_utf8(out.stdout).expect("kustomize output is UTF-8")
 }
 
