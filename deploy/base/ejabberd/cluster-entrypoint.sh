@@ -119,6 +119,7 @@ mark_clustered() {
 cluster_once() {
     deadline=$(($(date +%s) + JOIN_TIMEOUT))
     while [ "$stopping" = 0 ]; do
+        kill -0 "$vm" 2>/dev/null || { log "ejabberd exited while joining"; return 1; }
         listed=0
         for peer in $(peers); do
             listed=1
