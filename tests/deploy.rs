@@ -281,6 +281,19 @@ fn port_number(p: &IntOrString, container_ports: &BTreeMap<String, i32>) -> Opti
     }
 }
 
+/// The API server's rule for port names (IANA_SVC_NAME): at most 15
+/// characters, lower-case letters, digits and single inner hyphens, at
+/// least one letter. k8s-openapi does not check values, only field names.
+fn valid_port_name(n: &str) -> bool {
+    (1..=15).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
 /// Every named and numbered port the pod's containers declare.
 fn container_ports(m: &Manifests) -> (BTreeMap<String, i32>, BTreeSet<i32>) {
     let mut named = BTreeMap::new();
@@ -289,6 +302,7 @@ fn container_ports(m: &Manifests) -> (BTreeMap<String, i32>, BTreeSet<i32>) {
         for p in c.ports.iter().flatten() {
             numbers.insert(p.container_port);
             if let Some(n) = &p.name {
+                assert!(valid_port_name(n), "invalid container port name {n:?}");
                 assert!(
                     named.insert(n.clone(), p.container_port).is_none(),
                     "port name {n} declared twice in the pod"
@@ -485,6 +499,12 @@ fn check_ports(m: &Manifests) -> Result<(), String> {
             .ok_or(format!("Service {name} has no spec"))?;
         let headless = spec.cluster_ip.as_deref() == Some("None");
         for p in spec.ports.iter().flatten() {
+            if !p.name.as_deref().is_some_and(valid_port_name) {
+                return Err(format!(
+                    "Service {name}: port {} needs a valid name",
+                    p.port
+                ));
+            }
             let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
             let n = port_number(&target, &named).ok_or(format!(
                 "Service {name} targets port {target:?}, which no container names"
@@ -1140,6 +1160,25 @@ fn unknown_field_check_names_a_misspelled_key() {
     let mut kind = sts.clone();
     kind["kind"] = "Deployment".into();
     assert!(unknown_fields(&kind)[0].contains("no k8s-openapi type"));
+}
+
+#[test]
+fn port_names_follow_the_api_rules() {
+    for ok in ["epmd", "dist-4200", "xmpp-c2s", "http", "a23456789012345"] {
+        assert!(valid_port_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "4200",
+        "dist_4200",
+        "Dist",
+        "-epmd",
+        "epmd-",
+        "a--b",
+        "distribution-4200",
+    ] {
+        assert!(!valid_port_name(bad), "{bad}");
+    }
 }
 
 #[test]
