@@ -96,9 +96,22 @@ wait_vm() {
     done
 }
 
+# Stop ejabberd gracefully and wait until it has exited. `ejabberdctl stop`
+# works whether ejabberdctl exec'ed the VM (the image's does) or runs it as
+# a child (Debian's does: a signal to it would orphan the VM). Signals are
+# the fallback for a node that is not up far enough to take commands.
+stop_vm() {
+    [ -n "$vm" ] && kill -0 "$vm" 2>/dev/null || return 0
+    if ! "$CTL" stop >/dev/null 2>&1; then
+        pkill -TERM -P "$vm" 2>/dev/null
+        kill -TERM "$vm" 2>/dev/null
+    fi
+    wait_vm
+}
+
 fail() {
     log "$*"
-    [ -n "$vm" ] && kill -TERM "$vm" 2>/dev/null && wait_vm
+    stop_vm
     exit 1
 }
 
@@ -152,7 +165,8 @@ cluster_once() {
 
 run() {
     rm -f "$READY_FLAG"
-    trap 'stopping=1; [ -n "$vm" ] && kill -TERM "$vm" 2>/dev/null' TERM INT
+    # SIGTERM from tini (pod deletion): stop ejabberd, then leave.
+    trap 'stopping=1; [ -n "${ctl_pid:-}" ] && kill "$ctl_pid" 2>/dev/null; stop_vm; exit 0' TERM INT
 
     waited=0
     until own_entry_listed; do
