@@ -105,7 +105,7 @@ impl Pods {
 
     /// The ejabberd container of pod `i`: the cluster script as the
     /// ejabberd user, with the pod's environment. Returns the script's pid.
-    fn start_ejabberd(&self, i: usize) -> u32 {
+    fn start_ejabberd(&mut self, i: usize) -> u32 {
         let d = self.pod_dir(i);
         let pid_file = d.join("tmp/pid");
         let _ = fs::remove_file(&pid_file);
@@ -128,7 +128,7 @@ impl Pods {
             pid = pid_file.display()
         );
         let log = fs::File::create(d.join("entrypoint.log")).expect("log");
-        Command::new("ip")
+        let child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -144,6 +144,7 @@ impl Pods {
             .stderr(log)
             .spawn()
             .expect("start ejabberd");
+        self.daemons.push(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(pid) = fs::read_to_string(&pid_file)
@@ -307,7 +308,7 @@ fn deploy_files_form_an_ejabberd_cluster_through_kube_epmd() {
         Path::new("/usr/sbin/ejabberdctl").exists(),
         "needs Debian's ejabberd package (.ci/run installs it)"
     );
-    let pods = setup();
+    let mut pods = setup();
 
     let _ = pods.start_ejabberd(0);
     let t0 = pods.wait_ready(0, Duration::from_secs(120));
