@@ -70,6 +70,17 @@ impl Daemon {
         out_dir: Option<PathBuf>,
         extra: &[&str],
     ) -> Daemon {
+        Self::start_full(api, namespace, out_dir, extra, "kube_epmd=debug,info")
+    }
+
+    /// As [`Daemon::start_in`], with the daemon's RUST_LOG.
+    pub fn start_full(
+        api: &TestApiServer,
+        namespace: &str,
+        out_dir: Option<PathBuf>,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig, namespace)
@@ -88,7 +99,7 @@ impl Daemon {
             .arg(&out_dir)
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "kube_epmd=debug,info")
+            .env("RUST_LOG", rust_log)
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
             .env_remove("KUBE_EPMD_SELECTOR")
