@@ -114,12 +114,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of the server metrics alone.
     pub fn render(&self) -> String {
-        let mut registry = Registry::with_prefix("kube_epmd");
-        self.register(&mut registry);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        render_all(self, None)
     }
 }
 
