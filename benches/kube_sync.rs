@@ -38,8 +38,15 @@ fn sts_pod(i: usize, ip: &str) -> Pod {
     p
 }
 
-fn ip_of(i: usize, generation: usize) -> String {
-    format!("10.{}.{}.{}", 64 + generation % 64, i / 250, i % 250 + 1)
+/// Initial addresses: 10.0.x.y by pod index.
+fn ip_of(i: usize) -> String {
+    format!("10.0.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// The address of the n-th change: unique across the run, so every change
+/// really changes the file.
+fn changed_ip(n: usize) -> String {
+    format!("172.16.{}.{}", n / 250, n % 250 + 1)
 }
 
 /// VmRSS and VmHWM of `pid`, in KiB.
@@ -100,10 +107,11 @@ fn run(rt: &tokio::runtime::Runtime, pods: usize, events: usize) -> Figures {
         .block_on(TestApiServer::start("127.0.0.1:0".parse().unwrap()))
         .unwrap();
     for i in 0..pods {
-        api.upsert_pod(sts_pod(i, &ip_of(i, 0)));
+        api.upsert_pod(sts_pod(i, &ip_of(i)));
     }
     let t0 = Instant::now();
-    let mut d = Daemon::start_full(&api, "chat", None, &["--selector", "app=xmpp"], "warn");
+    let log = std::env::var("KUBE_SYNC_LOG").unwrap_or_else(|_| "warn".into());
+    let mut d = Daemon::start_full(&api, "chat", None, &["--selector", "app=xmpp"], &log);
     rt.block_on(d.wait_ready(Duration::from_secs(120)));
     let ready_after = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
@@ -118,7 +126,7 @@ fn run(rt: &tokio::runtime::Runtime, pods: usize, events: usize) -> Figures {
         } else {
             (e * 7919) % pods.max(1)
         };
-        let ip = ip_of(i, e + 1);
+        let ip = changed_ip(e);
         let needle = format!("{ip}\tchat-{i} ");
         while renames.try_recv().is_ok() {}
         let start = Instant::now();
@@ -150,8 +158,18 @@ fn run(rt: &tokio::runtime::Runtime, pods: usize, events: usize) -> Figures {
 }
 
 fn main() {
+    // `-- PODS:EVENTS ...` overrides the plan.
+    let custom: Vec<(usize, usize)> = std::env::args()
+        .skip(1)
+        .filter_map(|a| {
+            let (p, e) = a.split_once(':')?;
+            Some((p.parse().ok()?, e.parse().ok()?))
+        })
+        .collect();
     let full = std::env::args().any(|a| a == "--bench");
-    let plan: &[(usize, usize)] = if full {
+    let plan: &[(usize, usize)] = if !custom.is_empty() {
+        &custom
+    } else if full {
         &[(0, 0), (1, 200), (1_000, 200), (10_000, 100)]
     } else {
         &[(50, 5)]
