@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::process::Child;
 
-use crate::netns::{Hub, Netns, SUBNET};
+use crate::netns::{Hub, Netns, SUBNET, scratch_prefix};
 use crate::probe;
 use crate::support::apiserver::{TestApiServer, pod};
 
@@ -89,7 +89,7 @@ impl Cluster {
         })
         .map_err(|e| format!("test API server on {addr}: {e}"))?;
         let dir = tempfile::Builder::new()
-            .prefix("kube-epmd-e2e-")
+            .prefix(&scratch_prefix(tag))
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         // ejabberd runs as its own user and must traverse into its dirs.

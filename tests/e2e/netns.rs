@@ -163,13 +163,36 @@ pub fn remove_leftovers() {
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                eprintln!("e2e: removing leftover namespace {name} of dead run {pid}");
+            if is_dead_run(pid) {
+                crate::report!("removing leftover namespace {name} of dead run {pid}");
                 destroy(name);
             }
         }
+        // Their scratch directories (see `scratch_prefix`).
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if is_dead_run(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     });
+}
+
+fn is_dead_run(pid: u32) -> bool {
+    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Prefix of a test's scratch directory under the temp dir: carries the
+/// pid, so leftovers of dead runs can be found.
+pub fn scratch_prefix(tag: &str) -> String {
+    format!("{PREFIX}-{}-{tag}-", std::process::id())
 }
 
 /// The hub of one test: a namespace holding the bridge the pods plug into.

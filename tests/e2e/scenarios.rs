@@ -340,6 +340,16 @@ async fn s7_api_outage() {
             )
             .await?;
         report!("s7: API was down {outage:?}; back -> change published to every hosts file in {d:?} (watch backoff included)");
+        let watches = mesh.cluster.api.open_watches();
+        check(watches == 3, || {
+            format!("{watches} watches open after recovery, want one per pod (3)")
+        })?;
+        let (_, metrics) = mesh.cluster.admin_get(0, "/metrics")?;
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("watch") || l.contains("sync")))
+            .collect();
+        report!("s7: pod 0 metrics after recovery: {}", lines.join(" | "));
         for k in 0..3 {
             let ready = mesh.cluster.admin_get(k, "/readyz")?;
             check(ready.0 == 200, || format!("pod {k} not ready after recovery: {ready:?}"))?;
