@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kube_epmd::admin::{self, AdminState};
 use kube_epmd::cli::{Args, Command};
+use kube_epmd::kubernetes::{self, Settings};
 use kube_epmd::metrics::Metrics;
 use kube_epmd::server::{self, BindError, Config, KillPolicy, Shared};
-use kube_epmd::{client, process, telemetry};
+use kube_epmd::{admin_client, client, process, telemetry};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -19,9 +21,9 @@ fn main() -> ExitCode {
         // clap prints the problem (or --help) and picks the exit code.
         Err(e) => e.exit(),
     };
-    if let Some(Command::Peers { .. }) = &args.command {
-        eprintln!("kube-epmd peers: not available in this build");
-        return ExitCode::from(1);
+    if let Some(Command::Peers { url, json }) = &args.command {
+        let code = admin_client::run(url, *json, &mut std::io::stdout(), &mut std::io::stderr());
+        return ExitCode::from(code as u8);
     }
     if let Some(cmd) = args.client_command() {
         let code = client::run(
@@ -104,8 +106,36 @@ async fn async_main(
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(Shared::new(config, metrics));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Discovery first: the inetrc must be in place before anything can
+    // report ready, and a configuration error should stop us early.
+    let discovery = if args.kube.kubernetes {
+        Some(start_discovery(&args).await?)
+    } else {
+        None
+    };
+    let admin_addr = args.kube.admin_addr.or_else(|| {
+        args.kube
+            .kubernetes
+            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9090)))
+    });
+    if let Some(addr) = admin_addr {
+        let listener = admin::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on the admin address {addr}"))?;
+        let state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            discovery,
+        });
+        let rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, state, rx).await {
+                warn!(error = %e, "admin endpoint stopped");
+            }
+        });
+        info!(%addr, "admin endpoint listening");
+    }
+    let shared = Arc::new(Shared::new(config, metrics));
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = shutdown_tx.send(true);
@@ -119,6 +149,23 @@ async fn async_main(
     server::serve(listeners, shared, shutdown_rx).await;
     info!("kube-epmd stopped");
     Ok(())
+}
+
+/// Kubernetes mode: build the API client (in-cluster or KUBECONFIG),
+/// resolve the settings, write the resolver files and start watching.
+async fn start_discovery(args: &Args) -> anyhow::Result<kubernetes::Discovery> {
+    let k = &args.kube;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (no in-cluster service account and no usable KUBECONFIG)")?;
+    let settings = Settings {
+        namespace: kubernetes::resolve_namespace(k.namespace.as_deref(), &client),
+        selector: k.selector.clone().filter(|s| !s.trim().is_empty()),
+        pod_name: k.pod_name.clone().filter(|s| !s.is_empty()),
+        cluster_domain: k.cluster_domain.clone(),
+        output_dir: k.output_dir.clone(),
+    };
+    kubernetes::start(client, settings).context("cannot prepare the resolver files")
 }
 
 async fn wait_for_signal() {

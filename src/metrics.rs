@@ -114,11 +114,88 @@ impl Metrics {
 
     /// The Prometheus text exposition of the server metrics alone.
     pub fn render(&self) -> String {
-        let mut registry = Registry::with_prefix("kube_epmd");
-        self.register(&mut registry);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        render_all(self, None)
     }
+}
+
+/// Kubernetes discovery and resolver-file metrics.
+#[derive(Debug, Default)]
+pub struct DiscoveryMetrics {
+    /// Peers (pods with an address) in the table now.
+    pub peers: Gauge,
+    /// 1 once the first complete list has been written to the hosts file.
+    pub synced: Gauge,
+    /// 1 while the watch is healthy, 0 while it is failing (the table is
+    /// then the last good one).
+    pub watch_healthy: Gauge,
+    /// Watch (re)starts after the first one: each re-lists from scratch.
+    pub watch_restarts: Counter,
+    /// Errors from the API, by reason (forbidden, expired, unreachable, ...).
+    pub watch_errors: Family<ReasonLabels, Counter>,
+    /// Unix time of the last update of the table from the API (a complete
+    /// list or a watch event).
+    pub last_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub hosts_file_writes: Counter,
+    pub hosts_file_write_errors: Counter,
+}
+
+impl DiscoveryMetrics {
+    pub fn watch_error(&self, reason: &'static str) {
+        self.watch_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("peers", "Peer pods in the table", self.peers.clone());
+        registry.register(
+            "discovery_synced",
+            "1 once the first complete pod list is in the hosts file",
+            self.synced.clone(),
+        );
+        registry.register(
+            "watch_healthy",
+            "1 while the pod watch works, 0 while it fails (last good table kept)",
+            self.watch_healthy.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Pod watch restarts (each re-lists)",
+            self.watch_restarts.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Kubernetes API errors by reason",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last table update from the API",
+            self.last_sync_seconds.clone(),
+        );
+        registry.register(
+            "hosts_file_writes",
+            "Hosts file replacements",
+            self.hosts_file_writes.clone(),
+        );
+        registry.register(
+            "hosts_file_write_errors",
+            "Failed hosts file replacements",
+            self.hosts_file_write_errors.clone(),
+        );
+    }
+}
+
+/// The Prometheus text exposition of the server metrics and, when given,
+/// the discovery metrics.
+pub fn render_all(server: &Metrics, discovery: Option<&DiscoveryMetrics>) -> String {
+    let mut registry = Registry::with_prefix("kube_epmd");
+    server.register(&mut registry);
+    if let Some(d) = discovery {
+        d.register(&mut registry);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
 }

@@ -1,0 +1,188 @@
+//! The HTTP admin endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus
+//! text) and, in Kubernetes mode, `/peers` (JSON). It only reads state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::kubernetes::{Discovery, Health};
+use crate::metrics::{Metrics, render_all};
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Present in Kubernetes mode.
+    pub discovery: Option<Discovery>,
+}
+
+/// The `/peers` document. Also what `kube-epmd peers` parses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersDoc {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(rename = "self", default, skip_serializing_if = "Option::is_none")]
+    pub self_pod: Option<String>,
+    pub ready: bool,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<u64>,
+    pub peers: Vec<PeerDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerDoc {
+    pub pod: String,
+    pub namespace: String,
+    pub hostname: String,
+    /// Every name in the hosts file for this pod, shortest first.
+    pub names: Vec<String>,
+    pub ips: Vec<String>,
+    pub ready: bool,
+    pub terminating: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/peers", get(peers))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn text(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Liveness: the process answers. Discovery failures are not a reason to
+/// restart the sidecar (it would lose nothing but gain nothing either).
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n".into())
+}
+
+/// Readiness: 503 until the first complete pod list is in the hosts file.
+/// Afterwards 200, saying `stale` (and why) while the API is failing: the
+/// last good table still serves, see [`crate::kubernetes::status`].
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(d) = &s.discovery else {
+        return text(StatusCode::OK, "ok\n".into());
+    };
+    let h: Health = d.status.snapshot();
+    if !h.ready {
+        let why = h
+            .last_error
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for the first complete pod list{why}\n"),
+        );
+    }
+    if h.healthy {
+        text(StatusCode::OK, "ok\n".into())
+    } else {
+        text(
+            StatusCode::OK,
+            format!(
+                "ok, stale: Kubernetes API failing since {} (unix), serving the last good table: {}\n",
+                h.failing_since.unwrap_or(0),
+                h.last_error.unwrap_or_default()
+            ),
+        )
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let body = render_all(&s.metrics, s.discovery.as_ref().map(|d| &*d.metrics));
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn peers(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(d) = &s.discovery else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no peer table: not in Kubernetes mode\n".into(),
+        );
+    };
+    let doc = peers_doc(d);
+    match serde_json::to_vec_pretty(&doc) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+pub fn peers_doc(d: &Discovery) -> PeersDoc {
+    let h = d.status.snapshot();
+    let domain = &d.settings.cluster_domain;
+    let me = d.settings.pod_name.as_deref();
+    let table = d.table.borrow();
+    PeersDoc {
+        namespace: d.settings.namespace.clone(),
+        selector: d.settings.selector.clone(),
+        self_pod: d.settings.pod_name.clone(),
+        ready: h.ready,
+        healthy: h.healthy,
+        last_error: h.last_error,
+        last_sync: h.last_sync,
+        peers: table
+            .iter()
+            .map(|p| PeerDoc {
+                pod: p.pod.clone(),
+                namespace: p.namespace.clone(),
+                hostname: p.hostname.clone(),
+                names: p.names(domain),
+                ips: p.ips.iter().map(|ip| ip.to_string()).collect(),
+                ready: p.ready,
+                terminating: p.terminating,
+                is_self: me == Some(p.pod.as_str()),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Kubernetes mode: watch the peer pods and keep the VM's resolver files
+//! current. Data flows one way: API events → [`PeerTable`] (discovery) →
+//! hosts file (resolver writer); the admin endpoint only reads.
+
+pub mod discovery;
+pub mod index;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::metrics::DiscoveryMetrics;
+use crate::peers::PeerTable;
+use crate::resolver::{self, HostsFile};
+pub use status::{Health, SyncStatus};
+
+/// Where the service account's namespace is mounted in a pod.
+pub const SA_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create the output directory {0}: {1}")]
+    OutputDir(PathBuf, #[source] std::io::Error),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, #[source] std::io::Error),
+}
+
+/// Kubernetes mode settings, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub namespace: String,
+    pub selector: Option<String>,
+    /// This pod's name, to mark it in `/peers`.
+    pub pod_name: Option<String>,
+    pub cluster_domain: String,
+    /// Absolute: the inetrc names the hosts file by its absolute path.
+    pub output_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn hosts_path(&self) -> PathBuf {
+        self.output_dir.join(resolver::HOSTS_FILE)
+    }
+
+    pub fn inetrc_path(&self) -> PathBuf {
+        self.output_dir.join(resolver::INETRC_FILE)
+    }
+}
+
+/// The namespace to watch: explicit (flag or POD_NAMESPACE), else the
+/// service account's, else the client's default (kubeconfig context).
+pub fn resolve_namespace(explicit: Option<&str>, client: &Client) -> String {
+    if let Some(ns) = explicit.map(str::trim).filter(|s| !s.is_empty()) {
+        return ns.to_string();
+    }
+    read_namespace_file(Path::new(SA_NAMESPACE_FILE))
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
+fn read_namespace_file(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// What the admin endpoint reads.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub settings: Arc<Settings>,
+    pub table: watch::Receiver<PeerTable>,
+    pub status: Arc<SyncStatus>,
+    pub metrics: Arc<DiscoveryMetrics>,
+}
+
+/// Prepare the resolver files, then start the watch and the hosts file
+/// writer. The inetrc is written here, once, before anything can report
+/// ready; the hosts file it names exists from here on (loopback only until
+/// the first list, or as a previous run left it).
+pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupError> {
+    let dir = &settings.output_dir;
+    std::fs::create_dir_all(dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    settings.output_dir = dir
+        .canonicalize()
+        .map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    let hosts_path = settings.hosts_path();
+    let mut hosts = HostsFile::open(hosts_path.clone());
+    if !hosts.exists() {
+        let empty = resolver::render_hosts(&PeerTable::default(), &settings.cluster_domain);
+        hosts
+            .update(&empty)
+            .map_err(|e| SetupError::Write(hosts_path.clone(), e))?;
+    }
+    let inetrc = settings.inetrc_path();
+    resolver::replace_file(
+        &inetrc,
+        resolver::render_inetrc(&hosts_path).as_bytes(),
+        None,
+    )
+    .map_err(|e| SetupError::Write(inetrc.clone(), e))?;
+    info!(
+        inetrc = %inetrc.display(),
+        hosts = %hosts_path.display(),
+        namespace = %settings.namespace,
+        selector = settings.selector.as_deref().unwrap_or(""),
+        "resolver files in place; watching pods"
+    );
+
+    let settings = Arc::new(settings);
+    let status = Arc::new(SyncStatus::default());
+    let metrics = Arc::new(DiscoveryMetrics::default());
+    let (table_tx, table_rx) = watch::channel(PeerTable::default());
+
+    let api: Api<Pod> = Api::namespaced(client, &settings.namespace);
+    let mut config = watcher::Config::default();
+    if let Some(sel) = &settings.selector {
+        config = config.labels(sel);
+    }
+    tokio::spawn(resolver::run_writer(
+        table_rx.clone(),
+        hosts,
+        settings.cluster_domain.clone(),
+        status.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(discovery::run(
+        api,
+        config,
+        table_tx,
+        status.clone(),
+        metrics.clone(),
+    ));
+    Ok(Discovery {
+        settings,
+        table: table_rx,
+        status,
+        metrics,
+    })
+}

@@ -1,0 +1,426 @@
+//! Kubernetes mode end to end on one host: the real `kube-epmd` binary,
+//! the real kube-rs client inside it, the in-tree test API server, and the
+//! files it writes.
+
+mod support;
+
+use std::time::Duration;
+
+use support::apiserver::{TestApiServer, pod};
+use support::daemon::{Daemon, eventually, file_is, run_peers_command};
+
+const READY: Duration = Duration::from_secs(20);
+/// Long enough for kube-rs's default backoff to come round after an
+/// outage of a few seconds (0.8 s doubling, jittered, capped at 30 s).
+const RECOVER: Duration = Duration::from_secs(45);
+const CHANGE: Duration = Duration::from_secs(10);
+
+const SVC: &str = "xmpp-internal-svc";
+const APP: (&str, &str) = ("app", "xmpp");
+
+/// A StatefulSet pod: hostname = pod name, subdomain = headless service.
+fn sts_pod(name: &str, ips: &[&str], ready: bool) -> k8s_openapi::api::core::v1::Pod {
+    let mut p = pod("chat", name, ips, ready, &[APP]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.hostname = Some(name.into());
+    spec.subdomain = Some(SVC.into());
+    p
+}
+
+fn line(ip: &str, host: &str) -> String {
+    format!(
+        "{ip}\t{host} {host}.{SVC} {host}.{SVC}.chat {host}.{SVC}.chat.svc {host}.{SVC}.chat.svc.cluster.local\n"
+    )
+}
+
+const LOOPBACK: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+fn hosts_of(lines: &[String]) -> String {
+    format!("{LOOPBACK}{}", lines.concat())
+}
+
+async fn api() -> TestApiServer {
+    TestApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn wait_hosts(d: &Daemon, want: &str, what: &str) {
+    eventually(d, CHANGE, what, || async {
+        (d.hosts() == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_changes_drive_the_hosts_file_inetrc_and_peers() {
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    // Not Ready (ejabberd has not joined yet) and dual-stack: present.
+    api.upsert_pod(sts_pod(
+        "chat-1",
+        &["10.244.1.11", "fd00:10:244::11"],
+        false,
+    ));
+    // Not peers: other label, no IP yet, finished.
+    api.upsert_pod(pod(
+        "chat",
+        "web-0",
+        &["10.244.9.9"],
+        true,
+        &[("app", "web")],
+    ));
+    api.upsert_pod(sts_pod("chat-2", &[], false));
+    let mut failed = sts_pod("chat-9", &["10.244.9.99"], false);
+    failed.status.as_mut().unwrap().phase = Some("Failed".into());
+    api.upsert_pod(failed);
+    // Another namespace: not watched.
+    api.upsert_pod(pod("other", "chat-5", &["10.244.5.5"], true, &[APP]));
+
+    let mut d = Daemon::start(
+        &api,
+        "chat",
+        &["--selector", "app=xmpp", "--pod-name", "chat-0"],
+    );
+    d.wait_ready(READY).await;
+    let inetrc = format!(
+        "%% Written by kube-epmd: resolve peer pods from the hosts file it keeps current.\n\
+         {{hosts_file, \"{}\"}}.\n{{lookup, [file, native]}}.\n",
+        d.hosts_path().canonicalize().unwrap().display()
+    );
+    assert!(
+        file_is(&d.inetrc_path(), &inetrc),
+        "inetrc: {:?}",
+        std::fs::read_to_string(d.inetrc_path())
+    );
+    let mut want = vec![
+        line("10.244.0.10", "chat-0"),
+        line("10.244.1.11", "chat-1"),
+        line("fd00:10:244::11", "chat-1"),
+    ];
+    assert_eq!(d.hosts(), hosts_of(&want), "{}", d.log());
+
+    // A pod gets its IP: added.
+    api.upsert_pod(sts_pod("chat-2", &["10.244.2.12"], false));
+    want.push(line("10.244.2.12", "chat-2"));
+    wait_hosts(&d, &hosts_of(&want), "chat-2 added").await;
+
+    // A pod re-created with a new IP: replaced, the old address gone.
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.77"], true));
+    want[0] = line("10.244.0.77", "chat-0");
+    wait_hosts(&d, &hosts_of(&want), "chat-0 new IP").await;
+
+    // Deleted: gone.
+    api.delete_pod("chat", "chat-1");
+    want.remove(1);
+    want.remove(1);
+    wait_hosts(&d, &hosts_of(&want), "chat-1 deleted").await;
+
+    // Leaving the selector is a deletion too.
+    api.upsert_pod(pod(
+        "chat",
+        "chat-2",
+        &["10.244.2.12"],
+        false,
+        &[("app", "other")],
+    ));
+    want.pop();
+    wait_hosts(&d, &hosts_of(&want), "chat-2 relabelled away").await;
+
+    // A change that does not touch the table leaves the file alone.
+    let before = std::fs::metadata(d.hosts_path()).unwrap();
+    let writes = d.metric("kube_epmd_hosts_file_writes_total").await.unwrap();
+    api.upsert_pod(pod(
+        "chat",
+        "web-0",
+        &["10.244.9.10"],
+        true,
+        &[("app", "web")],
+    ));
+    let mut c0 = sts_pod("chat-0", &["10.244.0.77"], true);
+    c0.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("extra".into(), "x".into());
+    api.upsert_pod(c0);
+    // The next real change proves the two above were seen and skipped.
+    api.upsert_pod(sts_pod("chat-3", &["10.244.3.13"], true));
+    want.push(line("10.244.3.13", "chat-3"));
+    wait_hosts(&d, &hosts_of(&want), "chat-3 added").await;
+    let after_writes = d.metric("kube_epmd_hosts_file_writes_total").await.unwrap();
+    assert_eq!(after_writes, writes + 1.0, "only the chat-3 change wrote");
+    let after = std::fs::metadata(d.hosts_path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(before.ino(), after.ino(), "replaced by rename");
+
+    // /peers and `kube-epmd peers`.
+    let (code, body) = d.get("/peers").await.unwrap();
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["ready"], true);
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["namespace"], "chat");
+    let peers = doc["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0]["pod"], "chat-0");
+    assert_eq!(peers[0]["self"], true);
+    assert_eq!(peers[1]["self"], false);
+    assert_eq!(peers[0]["names"][1], format!("chat-0.{SVC}"));
+    let (code, out, err) = run_peers_command(d.admin, &[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "chat-0 10.244.0.77\nchat-3 10.244.3.13\n"),
+        "{err}"
+    );
+    let (code, out, _) = run_peers_command(d.admin, &["--json"]);
+    assert_eq!(code, 0);
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["peers"], doc["peers"]);
+
+    // Metrics: the table, the sync, the writes, and the EPMD server's own.
+    let (_, metrics) = d.get("/metrics").await.unwrap();
+    assert!(metrics.contains("kube_epmd_peers 2\n"), "{metrics}");
+    assert!(metrics.contains("kube_epmd_discovery_synced 1\n"));
+    assert!(metrics.contains("kube_epmd_watch_healthy 1\n"));
+    assert!(metrics.contains("kube_epmd_last_sync_timestamp_seconds "));
+    assert!(metrics.contains("kube_epmd_registered_nodes "));
+    assert!(d.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_before_the_first_list_and_no_empty_view_on_errors() {
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    api.set_forbidden(true);
+    let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
+
+    // The inetrc and a loopback-only hosts file exist at once, but the
+    // daemon is not ready: it has no list.
+    eventually(&d, READY, "403 reported before the first list", || async {
+        let (code, body) = d.get("/readyz").await?;
+        (code == 503 && body.contains("forbidden")).then_some(())
+    })
+    .await;
+    assert!(d.inetrc_path().exists());
+    assert_eq!(d.hosts(), LOOPBACK);
+    let forbidden = d
+        .metric("kube_epmd_watch_errors_total{reason=\"forbidden\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(forbidden >= 1.0);
+
+    api.set_forbidden(false);
+    d.wait_ready(RECOVER).await;
+    assert_eq!(d.hosts(), hosts_of(&[line("10.244.0.10", "chat-0")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_forbidden_and_cut_watches_keep_the_table_and_recover() {
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.11"], false));
+    let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
+    d.wait_ready(READY).await;
+    let mut want = vec![line("10.244.0.10", "chat-0"), line("10.244.1.11", "chat-1")];
+    assert_eq!(d.hosts(), hosts_of(&want));
+    let mtime = std::fs::metadata(d.hosts_path())
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // --- API down: connections refused. ---
+    api.set_unavailable(true);
+    let stale = eventually(&d, RECOVER, "readyz reports the outage", || async {
+        let (code, body) = d.get("/readyz").await?;
+        (code == 200 && body.contains("stale")).then_some(body)
+    })
+    .await;
+    assert!(
+        stale.contains("unreachable") || stale.contains("stream_broken"),
+        "{stale}"
+    );
+    assert_eq!(d.metric("kube_epmd_watch_healthy").await, Some(0.0));
+    let (_, peers) = d.get("/peers").await.unwrap();
+    assert!(peers.contains("\"healthy\": false"), "{peers}");
+    // Changes made while the daemon cannot see them...
+    api.delete_pod("chat", "chat-1");
+    api.upsert_pod(sts_pod("chat-2", &["10.244.2.12"], false));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...leave the last good file untouched.
+    assert_eq!(d.hosts(), hosts_of(&want));
+    assert_eq!(
+        std::fs::metadata(d.hosts_path())
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
+    assert!(d.running());
+
+    api.set_unavailable(false);
+    want = vec![line("10.244.0.10", "chat-0"), line("10.244.2.12", "chat-2")];
+    eventually(&d, RECOVER, "re-listed after the outage", || async {
+        (d.hosts() == hosts_of(&want)).then_some(())
+    })
+    .await;
+    eventually(&d, CHANGE, "healthy again", || async {
+        let (code, body) = d.get("/readyz").await?;
+        (code == 200 && body == "ok\n").then_some(())
+    })
+    .await;
+    assert_eq!(d.metric("kube_epmd_watch_healthy").await, Some(1.0));
+    let unreachable = d
+        .metric("kube_epmd_watch_errors_total{reason=\"unreachable\"}")
+        .await
+        .unwrap_or(0.0)
+        + d.metric("kube_epmd_watch_errors_total{reason=\"stream_broken\"}")
+            .await
+            .unwrap_or(0.0);
+    assert!(unreachable >= 1.0);
+
+    // --- 403: RBAC taken away. ---
+    let restarts = d.metric("kube_epmd_watch_restarts_total").await.unwrap();
+    api.set_forbidden(true);
+    eventually(&d, RECOVER, "readyz reports 403", || async {
+        let (code, body) = d.get("/readyz").await?;
+        (code == 200 && body.contains("stale") && body.contains("forbidden")).then_some(())
+    })
+    .await;
+    assert!(
+        d.metric("kube_epmd_watch_errors_total{reason=\"forbidden\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(d.hosts(), hosts_of(&want));
+    api.set_forbidden(false);
+    eventually(&d, RECOVER, "healthy after 403", || async {
+        let (_, body) = d.get("/readyz").await?;
+        (body == "ok\n").then_some(())
+    })
+    .await;
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.21"], true));
+    want.insert(1, line("10.244.1.21", "chat-1"));
+    wait_hosts(&d, &hosts_of(&want), "change after 403").await;
+
+    // --- A watch cut mid-stream. ---
+    // kube-rs takes an unexpected EOF as the end of the stream and resumes
+    // from the last resourceVersion it saw: no error to report, and the
+    // server replays what happened in between.
+    eventually(&d, CHANGE, "watch open", || async {
+        (api.open_watches() == 1).then_some(())
+    })
+    .await;
+    let watches = api.watch_count();
+    api.drop_watches();
+    api.delete_pod("chat", "chat-0");
+    want.remove(0);
+    wait_hosts(&d, &hosts_of(&want), "change made during the cut").await;
+    assert!(api.watch_count() > watches, "a new watch was opened");
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    want.insert(0, line("10.244.0.10", "chat-0"));
+    wait_hosts(&d, &hosts_of(&want), "change after the cut").await;
+    assert_eq!(d.get("/readyz").await.unwrap(), (200, "ok\n".to_string()));
+    assert!(d.metric("kube_epmd_watch_restarts_total").await.unwrap() >= restarts + 1.0);
+    assert!(d.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_watch_relists_with_no_stale_entries() {
+    let api = api().await;
+    for i in 0..3 {
+        api.upsert_pod(sts_pod(
+            &format!("chat-{i}"),
+            &[&format!("10.244.{i}.1{i}")],
+            true,
+        ));
+    }
+    let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
+    d.wait_ready(READY).await;
+    eventually(&d, CHANGE, "watch open", || async {
+        (api.open_watches() == 1).then_some(())
+    })
+    .await;
+
+    // 410 on the open watch: the daemon re-lists.
+    let lists = api.list_count();
+    api.expire_watches();
+    eventually(&d, RECOVER, "re-list after 410", || async {
+        (api.list_count() > lists && api.open_watches() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        d.metric("kube_epmd_watch_errors_total{reason=\"expired\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
+    // Changes the daemon never saw as events (made while it was cut off,
+    // history compacted before it came back): the re-list must show the
+    // new state exactly, with nothing left of the deleted pods.
+    api.set_unavailable(true);
+    eventually(&d, RECOVER, "outage noticed", || async {
+        let (_, body) = d.get("/readyz").await?;
+        body.contains("stale").then_some(())
+    })
+    .await;
+    api.delete_pod("chat", "chat-0");
+    api.delete_pod("chat", "chat-2");
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.99"], true));
+    api.upsert_pod(sts_pod("chat-4", &["10.244.4.14"], false));
+    api.expire_watches();
+    api.set_unavailable(false);
+    let want = hosts_of(&[line("10.244.1.99", "chat-1"), line("10.244.4.14", "chat-4")]);
+    eventually(&d, RECOVER, "fresh table after compaction", || async {
+        (d.hosts() == want).then_some(())
+    })
+    .await;
+    let (_, peers) = d.get("/peers").await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    let pods: Vec<_> = doc["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pod"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pods, ["chat-1", "chat-4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_hosts_file_is_kept_until_the_first_list() {
+    // A restarted sidecar (emptyDir survives container restarts) must not
+    // blank the file the VM is using while the API is unreachable.
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    let mut first = Daemon::start(&api, "chat", &[]);
+    first.wait_ready(READY).await;
+    let want = hosts_of(&[line("10.244.0.10", "chat-0")]);
+    assert_eq!(first.hosts(), want);
+    let out = first.out_dir();
+
+    // Keep the directory past the first daemon's exit.
+    let keep = tempfile::tempdir().unwrap();
+    let out2 = keep.path().join("out");
+    std::fs::create_dir(&out2).unwrap();
+    std::fs::copy(out.join("hosts"), out2.join("hosts")).unwrap();
+    drop(first);
+
+    api.set_unavailable(true);
+    let mut again = Daemon::start_in(&api, "chat", Some(out2.clone()), &[]);
+    eventually(&again, READY, "readyz answers 503", || async {
+        let (code, _) = again.get("/readyz").await?;
+        (code == 503).then_some(())
+    })
+    .await;
+    assert!(again.inetrc_path().exists());
+    assert_eq!(again.hosts(), want, "the previous file is kept");
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.11"], true));
+    api.set_unavailable(false);
+    again.wait_ready(RECOVER).await;
+    assert_eq!(
+        again.hosts(),
+        hosts_of(&[line("10.244.0.10", "chat-0"), line("10.244.1.11", "chat-1")])
+    );
+}
