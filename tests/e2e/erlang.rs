@@ -63,6 +63,19 @@ impl ErlNode {
         inetrc: &Path,
         ebin: &Path,
     ) -> Result<ErlNode, String> {
+        Self::start_with(ns, name, naming, inetrc, ebin, (4200, 4210)).await
+    }
+
+    /// As [`ErlNode::start`], listening for distribution in `dist` (min, max).
+    pub async fn start_with(
+        ns: &Netns,
+        name: &str,
+        naming: Naming,
+        inetrc: &Path,
+        ebin: &Path,
+        dist: (u16, u16),
+    ) -> Result<ErlNode, String> {
+        let (min, max) = (dist.0.to_string(), dist.1.to_string());
         let flag = match naming {
             Naming::Long => "-name",
             Naming::Short => "-sname",
@@ -78,9 +91,9 @@ impl ErlNode {
             "false",
             "-kernel",
             "inet_dist_listen_min",
-            "4200",
+            &min,
             "inet_dist_listen_max",
-            "4210",
+            &max,
             "-pa",
         ])
         .arg(ebin)

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cluster::{K8S_NS, SUBDOMAIN, pod_ip, pod_name};
-use crate::erlang::Naming;
+use crate::erlang::{ErlNode, Naming};
 use crate::mesh::{Mesh, erl_ip};
 use crate::netns::SUBNET;
 use crate::{report, run};
@@ -38,6 +38,54 @@ async fn full_mesh(naming: Naming, tag: &str) -> Result<(), String> {
     }
     let d = mesh.full_mesh(MESH_LIMIT).await?;
     report!("{tag}: full mesh of 3 ({naming:?} names, ping + rpc:call every pair) in {d:?}");
+    // The sidecar pins the distribution range: a node listening outside
+    // 4200-4210 is refused registration and cannot come up.
+    let p = &mesh.cluster.pods[0];
+    let host = mesh
+        .name(0)
+        .split_once('@')
+        .map(|(_, h)| h.to_string())
+        .unwrap();
+    let stray = ErlNode::start_with(
+        &p.ns,
+        &format!("stray@{host}"),
+        naming,
+        &p.inetrc(),
+        &mesh.ebin,
+        (4300, 4300),
+    )
+    .await;
+    let why = match stray {
+        Ok(_) => {
+            return Err(
+                "a node listening on 4300 registered with kube-epmd (range 4200-4210)".into(),
+            );
+        }
+        Err(e) => e,
+    };
+    // OTP reports a refused ALIVE2 as "name ... seems to be in use".
+    check(why.contains("seems to be in use"), || {
+        format!("node on 4300 failed for another reason: {why}")
+    })?;
+    check(mesh.cluster.registered(0, "stray")?.is_none(), || {
+        "kube-epmd lists a node outside 4200-4210".into()
+    })?;
+    report!("{tag}: node listening on 4300 refused registration by kube-epmd");
+    // Control: the same name inside the range comes up.
+    let mut ok = ErlNode::start(
+        &p.ns,
+        &format!("stray@{host}"),
+        naming,
+        &p.inetrc(),
+        &mesh.ebin,
+    )
+    .await
+    .map_err(|e| format!("control node inside the range: {e}"))?;
+    let port = mesh.cluster.registered(0, "stray")?;
+    ok.stop().await;
+    check(port.is_some_and(|p| (4200..=4210).contains(&p)), || {
+        format!("control node inside the range registered at {port:?}")
+    })?;
     Ok(())
 }
 
