@@ -88,10 +88,15 @@ impl Cluster {
             hub.ns.enter(|| handle.block_on(TestApiServer::start(addr)))
         })
         .map_err(|e| format!("test API server on {addr}: {e}"))?;
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix(&scratch_prefix(tag))
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
+        // E2E_KEEP=1 keeps logs, configs and spools for a post-mortem.
+        if std::env::var_os("E2E_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            crate::report!("{tag}: keeping {}", dir.path().display());
+        }
         // ejabberd runs as its own user and must traverse into its dirs.
         set_mode(dir.path(), 0o755)?;
         let kubeconfig = dir.path().join("kubeconfig");

@@ -178,7 +178,7 @@ pub fn remove_leftovers() {
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            if is_dead_run(pid) {
+            if is_dead_run(pid) && std::env::var_os("E2E_KEEP").is_none() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
