@@ -175,7 +175,8 @@ pub struct KubeArgs {
     #[arg(long, env = "KUBE_EPMD_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
 
-    /// In Kubernetes mode, let a local KILL_REQ stop the daemon (off: answer NO).
+    /// In Kubernetes mode, let a local KILL_REQ stop the daemon (off: answer
+    /// as epmd would, but keep running).
     #[arg(long, env = "KUBE_EPMD_ALLOW_KILL")]
     pub allow_kill: bool,
 }

@@ -72,7 +72,7 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         delay_write: Duration::from_secs(args.epmd.delay_write),
         relaxed: args.relaxed(),
         kill: if args.kube.kubernetes && !args.kube.allow_kill {
-            KillPolicy::Never
+            KillPolicy::Survive
         } else {
             KillPolicy::Epmd
         },

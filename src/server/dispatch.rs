@@ -171,17 +171,20 @@ fn kill(shared: &Shared) -> (Action, Outcome) {
             Outcome::Refused,
         )
     };
+    if reg > 0 && !shared.config.relaxed {
+        warn!(registered = reg, "KILL_REQ refused: live nodes registered");
+        return no();
+    }
     match shared.config.kill {
-        KillPolicy::Never => {
+        KillPolicy::Survive => {
             warn!(
-                registered = reg,
-                "KILL_REQ refused: this sidecar does not stop on `epmd -kill` (see --allow-kill)"
+                "KILL_REQ answered OK but not obeyed: a sidecar keeps running \
+                 (its lifecycle belongs to Kubernetes; --allow-kill to exit)"
             );
-            no()
-        }
-        KillPolicy::Epmd if reg > 0 && !shared.config.relaxed => {
-            warn!(registered = reg, "KILL_REQ refused: live nodes registered");
-            no()
+            (
+                Action::ReplyClose(Response::Kill { ok: true }.to_bytes()),
+                Outcome::Ok,
+            )
         }
         KillPolicy::Epmd => {
             info!("KILL_REQ accepted: stopping");

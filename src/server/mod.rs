@@ -29,8 +29,12 @@ use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Registry};
 pub enum KillPolicy {
     /// As epmd: `OK` and exit when no node is registered or checks are relaxed.
     Epmd,
-    /// Sidecar: always `NO` (ejabberdctl runs `epmd -kill` when it stops).
-    Never,
+    /// Sidecar: answer as epmd would (`NO` while nodes are registered
+    /// unless relaxed, else `OK`) but keep running. `ejabberdctl stopped`
+    /// runs `epmd -kill` once no node is left and fails unless it reads
+    /// `OK`; the sidecar's life belongs to Kubernetes, which would restart
+    /// an exited sidecar at once anyway.
+    Survive,
 }
 
 #[derive(Debug, Clone)]
