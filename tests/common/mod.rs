@@ -70,13 +70,28 @@ impl Daemon {
             .env_remove("ERL_EPMD_RELAXED_COMMAND_CHECK")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Logs go to a file (a pipe nobody reads could fill and block the
+        // daemon); it is shown if the daemon fails to start.
+        let log_path =
+            std::env::temp_dir().join(format!("kube-epmd-test-{}-{port}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).expect("daemon log file");
+        cmd.stderr(log);
         let child = cmd.spawn().expect("spawn epmd");
-        let d = Daemon { port, which, child };
-        wait_until(Duration::from_secs(10), "epmd to listen", || {
-            TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
-        });
+        let mut d = Daemon { port, which, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            let exited = d.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                if exited.is_none() {
+                    d.kill();
+                }
+                let err = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("{which:?} epmd on port {port} did not start ({exited:?}): {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&log_path);
         d
     }
 
