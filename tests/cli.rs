@@ -2,13 +2,13 @@
 //! `epmd` prints and exit with the same codes, against either daemon;
 //! daemon flags and environment behave as epmd's.
 
-mod common;
+mod support;
 
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use support::epmd::*;
 
 fn client(which: Impl, port: u16, args: &[&str]) -> (i32, String, String) {
     let bin = match which {

@@ -4,13 +4,13 @@
 //! construction: the daemon's own port in NAMES/DUMP headers, creations
 //! (time-based; their relations are compared instead) and DUMP's fd numbers.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use support::epmd::*;
 
 /// One run of a scenario against one daemon.
 struct Script {

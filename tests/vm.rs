@@ -2,12 +2,12 @@
 //! distribution works through it, and nodes re-register by themselves
 //! after the daemon restarts.
 
-mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::epmd::*;
 
 /// An `erl` node that stays up until dropped.
 struct Node {

@@ -14,9 +14,9 @@ use super::apiserver::TestApiServer;
 const PORT_MIN: u16 = 15000;
 const PORT_MAX: u16 = 15999;
 
-/// A free TCP port in 15000-15999 on 127.0.0.1. Test binaries run side by
-/// side (nextest), so each starts at a pid-derived offset and every port is
-/// probed by binding it.
+/// A free TCP port in 15000-15999 on 0.0.0.0 and [::] (where daemons
+/// listen). Test binaries run side by side (nextest), so each starts at a
+/// pid-derived offset and every port is probed by binding it.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let span = PORT_MAX - PORT_MIN + 1;
@@ -29,7 +29,8 @@ pub fn free_port() -> u16 {
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = PORT_MIN + n % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // A dual-stack bind of [::] fails if either family holds the port.
+        if std::net::TcpListener::bind(("::", port)).is_ok() {
             return port;
         }
     }

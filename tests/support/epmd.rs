@@ -1,9 +1,8 @@
-//! Test harness shared by the integration tests: start kube-epmd or OTP's C
-//! epmd on a free port, talk raw EPMD bytes to either, and clean up.
-#![allow(dead_code)]
+//! Plain-mode harness: start kube-epmd or OTP's C epmd on a free port, talk
+//! raw EPMD bytes to either, and clean up.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,18 +25,7 @@ pub fn kube_epmd_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kube-epmd"))
 }
 
-/// A port free on both 127.0.0.1 and ::1 right now (listeners bind both).
-pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("::1", port)).is_ok()
-            || std::net::TcpListener::bind(("::", port)).is_ok()
-        {
-            return port;
-        }
-    }
-}
+pub use super::daemon::free_port;
 
 /// Which implementation a [`Daemon`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
