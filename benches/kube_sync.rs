@@ -157,6 +157,24 @@ fn run(rt: &tokio::runtime::Runtime, pods: usize, events: usize) -> Figures {
     }
 }
 
+/// In-process cost of one hosts-file render for `pods` peers (no I/O).
+fn render_cost(pods: usize) -> Duration {
+    let mut table = kube_epmd::peers::PeerTable::default();
+    let mut relist = kube_epmd::peers::PeerTable::default();
+    for i in 0..pods {
+        relist.apply(&sts_pod(i, &ip_of(i)));
+    }
+    table.replace(relist);
+    let rounds = 20;
+    let start = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        bytes += kube_epmd::resolver::render_hosts(&table, "cluster.local").len();
+    }
+    assert!(bytes > 0);
+    start.elapsed() / rounds
+}
+
 fn main() {
     // `-- PODS:EVENTS ...` overrides the plan.
     let custom: Vec<(usize, usize)> = std::env::args()
@@ -191,6 +209,12 @@ fn main() {
         "p99_ms",
         "max_ms"
     );
+    for &(pods, _) in plan {
+        println!(
+            "render_hosts, {pods} pods: {:.3} ms",
+            render_cost(pods).as_secs_f64() * 1e3
+        );
+    }
     for &(pods, events) in plan {
         let f = run(&rt, pods, events.max(if pods > 0 { 1 } else { 0 }));
         let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -155,9 +155,13 @@ async fn async_main(
 /// resolve the settings, write the resolver files and start watching.
 async fn start_discovery(args: &Args) -> anyhow::Result<kubernetes::Discovery> {
     let k = &args.kube;
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client (no in-cluster service account and no usable KUBECONFIG)")?;
+    // kube's error already spells out its causes: no context chain, or
+    // `{:#}` would print them twice.
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+        )
+    })?;
     let settings = Settings {
         namespace: kubernetes::resolve_namespace(k.namespace.as_deref(), &client),
         selector: k.selector.clone().filter(|s| !s.trim().is_empty()),

@@ -111,19 +111,32 @@ impl Peer {
     /// `host`, and with a subdomain also `host.sub`, `host.sub.ns`,
     /// `host.sub.ns.svc` and `host.sub.ns.svc.<cluster_domain>`.
     pub fn names(&self, cluster_domain: &str) -> Vec<String> {
-        let mut out = vec![self.hostname.clone()];
-        if let Some(sub) = &self.subdomain {
-            let h = &self.hostname;
-            let ns = &self.namespace;
-            out.push(format!("{h}.{sub}"));
-            out.push(format!("{h}.{sub}.{ns}"));
-            out.push(format!("{h}.{sub}.{ns}.svc"));
-            let domain = cluster_domain.trim_matches('.');
-            if !domain.is_empty() {
-                out.push(format!("{h}.{sub}.{ns}.svc.{domain}"));
+        let mut line = String::new();
+        self.write_names(cluster_domain, &mut line);
+        line.split(' ').map(str::to_string).collect()
+    }
+
+    /// The same names, space-separated, appended to `out` without
+    /// allocating (the hosts file renders thousands of these per change).
+    pub fn write_names(&self, cluster_domain: &str, out: &mut String) {
+        let h = &self.hostname;
+        out.push_str(h);
+        let Some(sub) = &self.subdomain else {
+            return;
+        };
+        let ns = &self.namespace;
+        let domain = cluster_domain.trim_matches('.');
+        for (i, part) in [sub.as_str(), ns, "svc", domain].into_iter().enumerate() {
+            if part.is_empty() {
+                break;
+            }
+            out.push(' ');
+            out.push_str(h);
+            for p in [sub.as_str(), ns, "svc", domain].iter().take(i + 1) {
+                out.push('.');
+                out.push_str(p);
             }
         }
-        out
     }
 }
 

@@ -38,11 +38,15 @@ pub fn render_hosts(table: &PeerTable, cluster_domain: &str) -> String {
     let mut out = String::with_capacity(64 + table.len() * 200);
     out.push_str("# Written by kube-epmd from the Kubernetes API; replaced as pods change.\n");
     out.push_str(LOOPBACK);
+    let mut names = String::new();
     for peer in table.iter() {
-        let names = peer.names(cluster_domain).join(" ");
+        names.clear();
+        peer.write_names(cluster_domain, &mut names);
         for ip in &peer.ips {
             // Writing into a String cannot fail.
-            let _ = writeln!(out, "{ip}\t{names}");
+            let _ = write!(out, "{ip}\t");
+            out.push_str(&names);
+            out.push('\n');
         }
     }
     out
@@ -64,8 +68,10 @@ fn erlang_string_escape(s: &str) -> String {
 }
 
 /// Write `content` to `path` atomically: a temp file in the same directory,
-/// synced, then renamed over `path`. `mtime`, when given, is set on the
-/// temp file first.
+/// then renamed over `path`. `mtime`, when given, is set on the temp file
+/// first. No fsync: readers see the rename atomically either way, and the
+/// files live in a pod's emptyDir, which does not outlive a node crash; the
+/// daemon rewrites them from the API on every start.
 pub fn replace_file(path: &Path, content: &[u8], mtime: Option<SystemTime>) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -79,7 +85,6 @@ pub fn replace_file(path: &Path, content: &[u8], mtime: Option<SystemTime>) -> i
         if let Some(t) = mtime {
             f.set_modified(t)?;
         }
-        f.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -126,8 +131,8 @@ impl HostsFile {
 
     /// Replace the file if `content` differs from what is there. Returns
     /// whether it was written.
-    pub fn update(&mut self, content: &str) -> io::Result<bool> {
-        if self.last.as_deref() == Some(content) {
+    pub fn update(&mut self, content: String) -> io::Result<bool> {
+        if self.last.as_deref() == Some(content.as_str()) {
             return Ok(false);
         }
         let now = SystemTime::now()
@@ -141,7 +146,7 @@ impl HostsFile {
             content.as_bytes(),
             Some(UNIX_EPOCH + Duration::from_secs(secs)),
         )?;
-        self.last = Some(content.to_string());
+        self.last = Some(content);
         self.last_mtime_secs = secs;
         Ok(true)
     }
@@ -177,9 +182,9 @@ pub async fn run_writer(
             }
             render_hosts(&t, &cluster_domain)
         };
-        // A rename and an fsync: brief, but blocking, so off the runtime.
+        // A write and a rename: brief, but blocking, so off the runtime.
         let (back, result) = match tokio::task::spawn_blocking(move || {
-            let r = hosts.update(&content);
+            let r = hosts.update(content);
             (hosts, r)
         })
         .await
@@ -276,11 +281,14 @@ mod tests {
         let path = dir.path().join(HOSTS_FILE);
         let mut h = HostsFile::open(path.clone());
         assert!(!h.exists());
-        assert!(h.update("one\n").unwrap());
+        assert!(h.update("one\n".into()).unwrap());
         let m1 = fs::metadata(&path).unwrap();
-        assert!(!h.update("one\n").unwrap(), "same content: untouched");
+        assert!(
+            !h.update("one\n".into()).unwrap(),
+            "same content: untouched"
+        );
         assert_eq!(fs::metadata(&path).unwrap().ino(), m1.ino());
-        assert!(h.update("two\n").unwrap());
+        assert!(h.update("two\n".into()).unwrap());
         let m2 = fs::metadata(&path).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
         assert_ne!(m1.ino(), m2.ino(), "replaced by rename");
@@ -290,6 +298,6 @@ mod tests {
         // A restarted writer adopts the file and skips an identical write.
         let mut again = HostsFile::open(path.clone());
         assert!(again.exists());
-        assert!(!again.update("two\n").unwrap());
+        assert!(!again.update("two\n".into()).unwrap());
     }
 }

@@ -424,3 +424,88 @@ async fn an_existing_hosts_file_is_kept_until_the_first_list() {
         hosts_of(&[line("10.244.0.10", "chat-0"), line("10.244.1.11", "chat-1")])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_survives_epmd_kill_and_allows_it_when_asked() {
+    // ejabberdctl runs `epmd -kill` when it stops; in Kubernetes mode the
+    // daemon answers NO and keeps running, unless --allow-kill is given.
+    let api = api().await;
+    let mut d = Daemon::start(&api, "chat", &[]);
+    d.wait_ready(READY).await;
+    let kill = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-epmd"))
+            .args(["-port", &port.to_string(), "-kill"])
+            .output()
+            .expect("run kube-epmd -kill")
+    };
+    let out = kill(d.epmd_port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Killing not allowed - living nodes in database.\n"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(d.running(), "the sidecar must survive -kill");
+    assert_eq!(d.get("/readyz").await.map(|r| r.0), Some(200));
+
+    let mut allowed = Daemon::start(&api, "chat", &["--allow-kill"]);
+    allowed.wait_ready(READY).await;
+    let out = kill(allowed.epmd_port);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Killed\n");
+    let deadline = tokio::time::Instant::now() + CHANGE;
+    while allowed.running() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no exit after an allowed kill:\n{}",
+            allowed.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_mode_admin_endpoint_has_metrics_but_no_peer_table() {
+    use support::daemon::{ChildGuard, free_port, http_get};
+    let port = free_port();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut child = ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-epmd"))
+            .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+            .args(["--admin-addr", &admin.to_string()])
+            .env_remove("KUBE_EPMD_KUBERNETES")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + READY;
+    let health = loop {
+        if let Some(r) = http_get(admin, "/healthz").await {
+            break r;
+        }
+        assert!(matches!(child.0.try_wait(), Ok(None)), "daemon exited");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin endpoint not up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health, (200, "ok\n".to_string()));
+    assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 200);
+    let (code, metrics) = http_get(admin, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("kube_epmd_registered_nodes 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("kube_epmd_peers"),
+        "no discovery metrics in plain mode"
+    );
+    assert_eq!(http_get(admin, "/peers").await.unwrap().0, 404);
+    let (code, out, err) = run_peers_command(admin, &[]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.contains("404") && err.contains("not in Kubernetes mode"),
+        "{err}"
+    );
+}

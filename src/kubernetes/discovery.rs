@@ -147,3 +147,41 @@ fn status_reason(code: u16) -> &'static str {
         _ => "server_error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn status(code: u16) -> Box<Status> {
+        Box::new(Status {
+            code,
+            ..Status::failure("x", "y")
+        })
+    }
+
+    #[test]
+    fn failures_get_stable_reasons() {
+        use watcher::Error as W;
+        assert_eq!(classify(&W::WatchError(status(410))), "expired");
+        assert_eq!(
+            classify(&W::InitialListFailed(kube::Error::Api(status(403)))),
+            "forbidden"
+        );
+        assert_eq!(
+            classify(&W::WatchStartFailed(kube::Error::Api(status(401)))),
+            "unauthorized"
+        );
+        assert_eq!(
+            classify(&W::WatchFailed(kube::Error::Api(status(500)))),
+            "server_error"
+        );
+        assert_eq!(
+            classify(&W::WatchFailed(kube::Error::ReadEvents(
+                std::io::Error::other("cut")
+            ))),
+            "stream_broken"
+        );
+        assert_eq!(classify(&W::NoResourceVersion), "bad_response");
+    }
+}

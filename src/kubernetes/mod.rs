@@ -94,7 +94,7 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
     if !hosts.exists() {
         let empty = resolver::render_hosts(&PeerTable::default(), &settings.cluster_domain);
         hosts
-            .update(&empty)
+            .update(empty)
             .map_err(|e| SetupError::Write(hosts_path.clone(), e))?;
     }
     let inetrc = settings.inetrc_path();

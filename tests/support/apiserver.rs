@@ -164,6 +164,18 @@ impl TestApiServer {
     /// A kubeconfig whose current context points at this server, with
     /// `namespace` as the context's default namespace.
     pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        self.write_kubeconfig_for(path, namespace, &self.url())
+    }
+
+    /// As [`TestApiServer::write_kubeconfig`] with another server URL: for
+    /// a server bound to 0.0.0.0 and reached from a network namespace at
+    /// the bridge's address.
+    pub fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        namespace: &str,
+        server_url: &str,
+    ) -> std::io::Result<()> {
         let yaml = format!(
             "apiVersion: v1\n\
              kind: Config\n\
@@ -182,7 +194,7 @@ impl TestApiServer {
                  user: test\n    \
                  namespace: {namespace}\n\
              current-context: test\n",
-            url = self.url(),
+            url = server_url,
         );
         std::fs::write(path, yaml)
     }
