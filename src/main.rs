@@ -56,10 +56,12 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
     match process::raise_nofile(max_conn as u64 + SPARE_FDS) {
         Ok(n) if n < max_conn as u64 + SPARE_FDS => {
             max_conn = n.saturating_sub(SPARE_FDS).max(16) as usize;
-            warn!(
+            // Expected wherever the hard limit is below the default: say it
+            // once, quietly; the limit in force is what matters.
+            info!(
                 nofile = n,
                 max_connections = max_conn,
-                "descriptor limit is low; connection limit lowered to fit"
+                "connection limit lowered to fit the descriptor limit"
             );
         }
         Ok(_) => {}
@@ -97,10 +99,17 @@ async fn async_main(
     } else {
         match server::bind_all(&addrs, config.port) {
             Ok(l) => l,
-            Err(e @ BindError::InUse { .. }) => {
+            Err(e @ BindError::InUse { .. }) if !args.kube.kubernetes => {
                 // epmd exits 0 here: `erl` starts one on every boot.
                 warn!("{e}; exiting");
                 return Ok(());
+            }
+            Err(e @ BindError::InUse { .. }) => {
+                // A sidecar that cannot hold 4369 is a failure the pod
+                // must show, not a clean exit.
+                return Err(
+                    anyhow::Error::new(e).context("Kubernetes mode needs the EPMD port for itself")
+                );
             }
             Err(e) => return Err(e.into()),
         }

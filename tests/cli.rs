@@ -172,6 +172,12 @@ fn port_in_use_exits_zero_like_epmd() {
         .env("RUST_LOG", "warn"));
     assert_eq!(code, 0);
     assert!(err.contains("already"), "{err}");
+    // A sidecar that cannot hold the port must fail visibly instead.
+    let (code, _, err) = run(Command::new(kube_epmd_path())
+        .args(["--kubernetes", "-port", &k.port.to_string()])
+        .env("RUST_LOG", "warn"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already"), "{err}");
 }
 
 #[test]
