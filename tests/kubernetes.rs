@@ -427,8 +427,9 @@ async fn an_existing_hosts_file_is_kept_until_the_first_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_survives_epmd_kill_and_allows_it_when_asked() {
-    // ejabberdctl runs `epmd -kill` when it stops; in Kubernetes mode the
-    // daemon answers NO and keeps running, unless --allow-kill is given.
+    // ejabberdctl runs `epmd -kill` once no node is left; in Kubernetes mode
+    // the daemon answers as epmd would (NO with live nodes, else OK) but
+    // keeps running, unless --allow-kill is given.
     let api = api().await;
     let mut d = Daemon::start(&api, "chat", &[]);
     d.wait_ready(READY).await;
@@ -438,11 +439,21 @@ async fn the_sidecar_survives_epmd_kill_and_allows_it_when_asked() {
             .output()
             .expect("run kube-epmd -kill")
     };
+    let node = support::epmd::exchange_keep(
+        d.epmd_port,
+        &support::epmd::alive2(b"ejabberd", 4200, 6, b""),
+    );
+    assert_eq!(node.1.bytes[..2], [b'v', 0]);
     let out = kill(d.epmd_port);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "Killing not allowed - living nodes in database.\n"
     );
+    drop(node);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = kill(d.epmd_port);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Killed\n");
+    assert_eq!(out.status.code(), Some(0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(d.running(), "the sidecar must survive -kill");
     assert_eq!(d.get("/readyz").await.map(|r| r.0), Some(200));
