@@ -216,12 +216,14 @@ fn key_of(pod: &Pod) -> (String, String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodIP, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-    fn pod(name: &str, ips: &[&str], phase: &str, ready: bool) -> Pod {
+    /// A StatefulSet-style pod of namespace `chat`, subdomain
+    /// `xmpp-internal-svc` (also used by the resolver's tests).
+    pub(crate) fn pod(name: &str, ips: &[&str], phase: &str, ready: bool) -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),

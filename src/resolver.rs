@@ -221,26 +221,11 @@ pub async fn run_writer(
 mod tests {
     use super::*;
     use crate::peers::PeerTable;
-    use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::api::core::v1::Pod;
     use std::os::unix::fs::MetadataExt;
 
     fn pod(name: &str, ips: &[&str]) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("chat".into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                subdomain: Some("svc".into()),
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                pod_ips: Some(ips.iter().map(|i| PodIP { ip: i.to_string() }).collect()),
-                ..Default::default()
-            }),
-        }
+        crate::peers::tests::pod(name, ips, "Running", true)
     }
 
     #[test]
@@ -259,9 +244,9 @@ mod tests {
             [
                 "127.0.0.1\tlocalhost",
                 "::1\tlocalhost ip6-localhost ip6-loopback",
-                "10.0.0.1\tchat-0 chat-0.svc chat-0.svc.chat chat-0.svc.chat.svc chat-0.svc.chat.svc.cluster.local",
-                "10.0.0.2\tchat-1 chat-1.svc chat-1.svc.chat chat-1.svc.chat.svc chat-1.svc.chat.svc.cluster.local",
-                "fd00::2\tchat-1 chat-1.svc chat-1.svc.chat chat-1.svc.chat.svc chat-1.svc.chat.svc.cluster.local",
+                "10.0.0.1\tchat-0 chat-0.xmpp-internal-svc chat-0.xmpp-internal-svc.chat chat-0.xmpp-internal-svc.chat.svc chat-0.xmpp-internal-svc.chat.svc.cluster.local",
+                "10.0.0.2\tchat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.chat chat-1.xmpp-internal-svc.chat.svc chat-1.xmpp-internal-svc.chat.svc.cluster.local",
+                "fd00::2\tchat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.chat chat-1.xmpp-internal-svc.chat.svc chat-1.xmpp-internal-svc.chat.svc.cluster.local",
             ]
         );
     }
