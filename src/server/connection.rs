@@ -30,6 +30,13 @@ pub async fn serve(mut stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> Af
     let mut got = 0usize;
     let mut want: Option<usize> = None;
     let kick = shared.watch_idle(peer.conn);
+    // Whatever way this connection stops waiting for its request (timeout,
+    // EOF, bad length...), it must leave the eviction list: otherwise the
+    // list grows without bound and eviction at the limit picks ghosts.
+    let idle = IdleGuard {
+        shared: &shared,
+        conn: peer.conn,
+    };
 
     // Read one request. As in epmd, the idle timer restarts on every read.
     let request = loop {
@@ -88,7 +95,7 @@ pub async fn serve(mut stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> Af
             break codec::decode_frame(&buf[..got]);
         }
     };
-    shared.forget_idle(peer.conn);
+    drop(idle);
 
     let req = match request {
         Ok(r) => r,
@@ -120,6 +127,17 @@ pub async fn serve(mut stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> Af
             hold_registration(stream, peer, &shared, name, written).await;
             After::Continue
         }
+    }
+}
+
+struct IdleGuard<'a> {
+    shared: &'a Shared,
+    conn: crate::registry::ConnId,
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget_idle(self.conn);
     }
 }
 
