@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::Shared;
 use super::dispatch::{Action, Peer, dispatch};
-use crate::codec::{self, MAX_PAYLOAD};
+use super::reader::{FrameReader, MAX_FRAME, Progress};
+use crate::codec::Request;
+use crate::registry::ConnId;
 
 /// Whether the daemon should stop after this connection (KILL accepted).
 #[derive(Debug, PartialEq, Eq)]
@@ -20,93 +23,110 @@ pub enum After {
     Exit,
 }
 
-/// epmd reads into a buffer of 3 * MAXSYMLEN bytes; a packet that fills it
-/// is refused, so a frame is at most this long.
-const MAX_FRAME: usize = MAX_PAYLOAD + 2;
-
-pub async fn serve(mut stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> After {
-    let timeout = shared.config.packet_timeout;
-    let mut buf = [0u8; MAX_FRAME];
-    let mut got = 0usize;
-    let mut want: Option<usize> = None;
+pub async fn serve(stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> After {
     let kick = shared.watch_idle(peer.conn);
-    // Whatever way this connection stops waiting for its request (timeout,
-    // EOF, bad length...), it must leave the eviction list: otherwise the
-    // list grows without bound and eviction at the limit picks ghosts.
+    // Whatever way this connection stops waiting for its request, it must
+    // leave the eviction list, or the list grows and eviction picks ghosts.
     let idle = IdleGuard {
         shared: &shared,
         conn: peer.conn,
     };
+    let request = match read_request(&stream, peer, &shared, &kick).await {
+        Some(r) => r,
+        None => return After::Continue,
+    };
+    drop(idle);
+    answer(stream, peer, &shared, request).await
+}
 
-    // Read one request. As in epmd, the idle timer restarts on every read.
-    let request = loop {
-        let limit = want.unwrap_or(MAX_FRAME);
-        let read = tokio::select! {
-            r = tokio::time::timeout(timeout, stream.read(&mut buf[got..limit])) => r,
+struct IdleGuard<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.forget_idle(self.conn);
+    }
+}
+
+/// Read one request. As in epmd, the idle timer restarts on every read.
+/// None: the connection is to be closed without an answer.
+async fn read_request(
+    stream: &TcpStream,
+    peer: Peer,
+    shared: &Shared,
+    kick: &Notify,
+) -> Option<Request> {
+    let timeout = shared.config.packet_timeout;
+    let mut reader = FrameReader::new();
+    loop {
+        // Wait for bytes without holding a buffer: a connection that has
+        // sent nothing yet costs only its task, not a 3 KiB frame buffer.
+        let ready = tokio::select! {
+            r = tokio::time::timeout(timeout, stream.readable()) => r,
             _ = kick.notified() => {
                 shared.metrics.connections_evicted.inc();
                 debug!(conn = peer.conn, "idle connection evicted at the connection limit");
-                return After::Continue;
+                return None;
             }
         };
-        let n = match read {
+        match ready {
             Err(_) => {
                 shared.metrics.dropped("timeout");
-                debug!(conn = peer.conn, got, "closing: timed out on receive");
-                return After::Continue;
+                debug!(
+                    conn = peer.conn,
+                    got = reader.received(),
+                    "closing: timed out on receive"
+                );
+                return None;
             }
             Ok(Err(e)) => {
                 shared.metrics.dropped("read_error");
                 debug!(conn = peer.conn, error = %e, "closing: read error");
-                return After::Continue;
+                return None;
             }
-            Ok(Ok(0)) => {
-                if got > 0 {
+            Ok(Ok(())) => {}
+        }
+        let mut scratch = [0u8; MAX_FRAME];
+        let room = reader.room();
+        let n = match stream.try_read(&mut scratch[..room]) {
+            Ok(0) => {
+                if reader.received() > 0 {
                     shared.metrics.dropped("partial");
                 }
                 debug!(
                     conn = peer.conn,
-                    got, "closing: peer closed before a full packet"
+                    got = reader.received(),
+                    "closing: peer closed before a full packet"
                 );
-                return After::Continue;
+                return None;
             }
-            Ok(Ok(n)) => n,
+            Ok(n) => n,
+            // Spurious readiness: wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                shared.metrics.dropped("read_error");
+                debug!(conn = peer.conn, error = %e, "closing: read error");
+                return None;
+            }
         };
-        got += n;
-        if want.is_none() && got >= 2 {
-            match codec::payload_len([buf[0], buf[1]]) {
-                Ok(len) if got <= len + 2 => want = Some(len + 2),
-                Ok(len) => {
-                    shared.metrics.dropped("trailing_bytes");
-                    debug!(
-                        conn = peer.conn,
-                        got, len, "closing: more bytes than the packet length"
-                    );
-                    return After::Continue;
-                }
-                Err(e) => {
-                    shared.metrics.dropped("bad_length");
-                    debug!(conn = peer.conn, error = %e, "closing");
-                    return After::Continue;
-                }
+        match reader.feed(&scratch[..n]) {
+            Progress::More => {}
+            Progress::Request(r) => return Some(r),
+            Progress::Reject(r) => {
+                shared.metrics.dropped(r.reason());
+                debug!(conn = peer.conn, reason = ?r, "closing: bad request");
+                return None;
             }
         }
-        if Some(got) == want {
-            break codec::decode_frame(&buf[..got]);
-        }
-    };
-    drop(idle);
+    }
+}
 
-    let req = match request {
-        Ok(r) => r,
-        Err(e) => {
-            shared.metrics.dropped("malformed");
-            debug!(conn = peer.conn, error = %e, "closing: malformed request");
-            return After::Continue;
-        }
-    };
+async fn answer(mut stream: TcpStream, peer: Peer, shared: &Shared, req: Request) -> After {
     let kind = req.kind();
-    let (action, outcome) = dispatch(&shared, req, peer);
+    let (action, outcome) = dispatch(shared, req, peer);
     shared.metrics.request(kind, outcome);
 
     if shared.config.delay_write > Duration::ZERO {
@@ -124,20 +144,9 @@ pub async fn serve(mut stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> Af
         }
         Action::ReplyKeep(bytes, name) => {
             let written = stream.write_all(&bytes).await.is_ok();
-            hold_registration(stream, peer, &shared, name, written).await;
+            hold_registration(stream, peer, shared, name, written).await;
             After::Continue
         }
-    }
-}
-
-struct IdleGuard<'a> {
-    shared: &'a Shared,
-    conn: crate::registry::ConnId,
-}
-
-impl Drop for IdleGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.forget_idle(self.conn);
     }
 }
 

@@ -4,6 +4,7 @@
 mod connection;
 mod dispatch;
 mod listen;
+mod reader;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +20,7 @@ use tracing::{debug, error, warn};
 pub use connection::After;
 pub use dispatch::{Action, Peer, dispatch};
 pub use listen::{BindError, bind_all, from_systemd};
+pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
 
 use crate::cli::PortRange;
 use crate::metrics::Metrics;
