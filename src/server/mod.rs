@@ -141,18 +141,26 @@ impl Shared {
     }
 }
 
-/// epmd's rule for commands only local clients may send: a loopback peer,
-/// or a peer whose address is the socket's own.
-pub fn is_local_peer(peer: SocketAddr, local: SocketAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
+/// IPv4-mapped IPv6 addresses compared as the IPv4 address they carry.
+fn canon(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    };
-    let p = canon(peer.ip());
-    p.is_loopback() || p == canon(local.ip())
+    }
+}
+
+/// A loopback peer is always local (the first half of [`is_local_peer`]).
+pub fn is_loopback_peer(peer: SocketAddr) -> bool {
+    canon(peer.ip()).is_loopback()
+}
+
+/// epmd's rule for commands only local clients may send: a loopback peer,
+/// or a peer whose address is the socket's own.
+pub fn is_local_peer(peer: SocketAddr, local: SocketAddr) -> bool {
+    is_loopback_peer(peer) || canon(peer.ip()) == canon(local.ip())
 }
 
 /// Serve on `listeners` until `shutdown` flips to true or a KILL_REQ is
@@ -231,10 +239,13 @@ async fn accept_loop(
             }
         };
         let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let local = stream
-            .local_addr()
-            .map(|l| is_local_peer(peer_addr, l))
-            .unwrap_or(false);
+        // A loopback peer is local whatever the socket's own address, so
+        // the getsockname() is only paid for the rare non-loopback client.
+        let local = is_loopback_peer(peer_addr)
+            || stream
+                .local_addr()
+                .map(|l| is_local_peer(peer_addr, l))
+                .unwrap_or(false);
         let peer = Peer {
             conn,
             fd: raw_fd(&stream),
@@ -281,5 +292,7 @@ mod tests {
         assert!(is_local_peer(a("10.0.0.1:5"), a("10.0.0.1:4369")));
         assert!(is_local_peer(a("[::ffff:127.0.0.1]:5"), a("[::1]:4369")));
         assert!(!is_local_peer(a("10.0.0.2:5"), a("10.0.0.1:4369")));
+        assert!(is_loopback_peer(a("[::ffff:127.0.0.2]:5")));
+        assert!(!is_loopback_peer(a("10.0.0.1:5")));
     }
 }
