@@ -1,7 +1,16 @@
 //! One EPMD connection: read exactly one length-prefixed request (byte by
 //! byte if it comes that way), answer it, and either close or — for a
 //! registration — hold the socket until the node goes away.
+//!
+//! Two halves with the same rules. [`serve_now`] runs right after accept,
+//! without a task or the event loop: nodes send their request as soon as
+//! they are connected, so usually it is already there and is answered at
+//! once (accept, read, write, close: no epoll registration at all).
+//! Whatever cannot finish at once — a request not (fully) there yet, a
+//! reply the socket will not take whole, a registration to hold — becomes a
+//! [`Later`] that [`serve_later`] finishes as an async task.
 
+use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,20 +32,127 @@ pub enum After {
     Exit,
 }
 
-pub async fn serve(stream: TcpStream, peer: Peer, shared: Arc<Shared>) -> After {
+/// What is left to do for a connection [`serve_now`] could not finish.
+#[derive(Debug)]
+pub struct Later {
+    stream: std::net::TcpStream,
+    state: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// The request is not complete yet.
+    Read(FrameReader),
+    /// The answer is decided; `written` bytes of its reply have been sent.
+    Write { action: Action, written: usize },
+}
+
+/// The outcome of [`serve_now`].
+#[derive(Debug)]
+pub enum Now {
+    Done(After),
+    Later(Later),
+}
+
+/// Try to serve a just-accepted (non-blocking) connection on the spot.
+pub fn serve_now(stream: std::net::TcpStream, peer: Peer, shared: &Shared) -> Now {
+    let later = |stream, state| Now::Later(Later { stream, state });
+    if shared.config.delay_write > Duration::ZERO {
+        // The -delay_write test aid sleeps before replying: async only.
+        return later(stream, Pending::Read(FrameReader::new()));
+    }
+    let mut reader = FrameReader::new();
+    let mut scratch = [0u8; MAX_FRAME];
+    let n = match (&stream).read(&mut scratch[..reader.room()]) {
+        Ok(0) => {
+            debug!(conn = peer.conn, "closing: peer closed before sending");
+            return Now::Done(After::Continue);
+        }
+        Ok(n) => n,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+            return later(stream, Pending::Read(reader));
+        }
+        Err(e) => {
+            shared.metrics.dropped("read_error");
+            debug!(conn = peer.conn, error = %e, "closing: read error");
+            return Now::Done(After::Continue);
+        }
+    };
+    let req = match reader.feed(&scratch[..n]) {
+        Progress::More => return later(stream, Pending::Read(reader)),
+        Progress::Request(r) => r,
+        Progress::Reject(r) => {
+            shared.metrics.dropped(r.reason());
+            debug!(conn = peer.conn, reason = ?r, "closing: bad request");
+            return Now::Done(After::Continue);
+        }
+    };
+    let action = decide(shared, req, peer);
+    let reply = reply_bytes(&action);
+    let mut written = 0;
+    while written < reply.len() {
+        match (&stream).write(&reply[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            // As in the async path: a failed reply just closes (and a
+            // registration is dropped by serve_later).
+            Err(_) => break,
+        }
+    }
+    match action {
+        Action::Close | Action::ReplyClose(_) if written == reply.len() => {
+            Now::Done(After::Continue)
+        }
+        Action::ReplyExit(_) if written == reply.len() => Now::Done(After::Exit),
+        action => later(stream, Pending::Write { action, written }),
+    }
+}
+
+/// Finish what [`serve_now`] left over, as an async task.
+pub async fn serve_later(later: Later, peer: Peer, shared: Arc<Shared>) -> After {
+    let Later { stream, state } = later;
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.dropped("register_error");
+            debug!(conn = peer.conn, error = %e, "closing: cannot watch the socket");
+            if let Pending::Write {
+                action: Action::ReplyKeep(_, name),
+                ..
+            } = state
+            {
+                release(peer, &shared, name);
+            }
+            return After::Continue;
+        }
+    };
+    match state {
+        Pending::Read(reader) => serve(stream, peer, shared, reader).await,
+        Pending::Write { action, written } => finish(stream, peer, &shared, action, written).await,
+    }
+}
+
+/// The async path for a connection whose request is still (partly) to come.
+async fn serve(stream: TcpStream, peer: Peer, shared: Arc<Shared>, reader: FrameReader) -> After {
     let kick = shared.watch_idle(peer.conn);
-    // Whatever way this connection stops waiting for its request, it must
-    // leave the eviction list, or the list grows and eviction picks ghosts.
+    // Whatever way this connection stops waiting for its request (timeout,
+    // EOF, bad length...), it must leave the eviction list: otherwise the
+    // list grows without bound and eviction at the limit picks ghosts.
     let idle = IdleGuard {
         shared: &shared,
         conn: peer.conn,
     };
-    let request = match read_request(&stream, peer, &shared, &kick).await {
+    let request = match read_request(&stream, peer, &shared, &kick, reader).await {
         Some(r) => r,
         None => return After::Continue,
     };
     drop(idle);
-    answer(stream, peer, &shared, request).await
+    let action = decide(&shared, request, peer);
+    if shared.config.delay_write > Duration::ZERO {
+        tokio::time::sleep(shared.config.delay_write).await;
+    }
+    finish(stream, peer, &shared, action, 0).await
 }
 
 struct IdleGuard<'a> {
@@ -57,9 +173,9 @@ async fn read_request(
     peer: Peer,
     shared: &Shared,
     kick: &Notify,
+    mut reader: FrameReader,
 ) -> Option<Request> {
     let timeout = shared.config.packet_timeout;
-    let mut reader = FrameReader::new();
     loop {
         // Wait for bytes without holding a buffer: a connection that has
         // sent nothing yet costs only its task, not a 3 KiB frame buffer.
@@ -124,27 +240,37 @@ async fn read_request(
     }
 }
 
-async fn answer(mut stream: TcpStream, peer: Peer, shared: &Shared, req: Request) -> After {
+/// Dispatch a request and count it.
+fn decide(shared: &Shared, req: Request, peer: Peer) -> Action {
     let kind = req.kind();
     let (action, outcome) = dispatch(shared, req, peer);
     shared.metrics.request(kind, outcome);
+    action
+}
 
-    if shared.config.delay_write > Duration::ZERO {
-        tokio::time::sleep(shared.config.delay_write).await;
-    }
+fn reply_bytes(action: &Action) -> &[u8] {
     match action {
-        Action::Close => After::Continue,
-        Action::ReplyClose(bytes) => {
-            let _ = stream.write_all(&bytes).await;
-            After::Continue
-        }
-        Action::ReplyExit(bytes) => {
-            let _ = stream.write_all(&bytes).await;
-            After::Exit
-        }
-        Action::ReplyKeep(bytes, name) => {
-            let written = stream.write_all(&bytes).await.is_ok();
-            hold_registration(stream, peer, shared, name, written).await;
+        Action::Close => &[],
+        Action::ReplyClose(b) | Action::ReplyExit(b) | Action::ReplyKeep(b, _) => b,
+    }
+}
+
+/// Send the rest of the reply (from byte `written`), then close, exit or
+/// hold the registration.
+async fn finish(
+    mut stream: TcpStream,
+    peer: Peer,
+    shared: &Shared,
+    action: Action,
+    written: usize,
+) -> After {
+    let rest = reply_bytes(&action).get(written..).unwrap_or_default();
+    let sent = stream.write_all(rest).await.is_ok();
+    match action {
+        Action::Close | Action::ReplyClose(_) => After::Continue,
+        Action::ReplyExit(_) => After::Exit,
+        Action::ReplyKeep(_, name) => {
+            hold_registration(stream, peer, shared, name, sent).await;
             After::Continue
         }
     }
@@ -172,6 +298,11 @@ async fn hold_registration(
         }
     }
     shared.forget_registered(peer.conn);
+    release(peer, shared, name);
+}
+
+/// The registration held by this connection (if any) ends.
+fn release(peer: Peer, shared: &Shared, name: Option<String>) {
     if let Some(name) = name
         && let Some(node) = shared.registry.unregister(&name, peer.conn)
     {

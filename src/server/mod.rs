@@ -7,17 +7,22 @@ mod listen;
 mod reader;
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use dashmap::DashMap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, warn};
 
-pub use connection::After;
+pub use connection::{After, Later, Now, serve_later, serve_now};
 pub use dispatch::{Action, Peer, dispatch};
 pub use listen::{BindError, bind_all, from_systemd};
 pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
@@ -194,12 +199,33 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     exit: watch::Sender<bool>,
 ) {
+    // Accept with accept4() ourselves, so a connection is not registered
+    // with the event loop unless it has to wait (see connection::serve_now).
+    let watched = listener.into_std().and_then(|l| {
+        // SAFETY: the std listener owns its descriptor and keeps it open,
+        // unchanged, for as long as the AsyncFd owns the listener.
+        unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(io::Error::from)
+    });
+    let listener = match watched {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot watch a listening socket");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         if shared.config.delay_accept > Duration::ZERO {
             tokio::time::sleep(shared.config.delay_accept).await;
         }
-        let (stream, peer_addr) = match listener.accept().await {
+        let accepted = match listener.readable().await {
+            Ok(mut ready) => match ready.try_io(|l| listen::accept_nonblocking(l.get_ref())) {
+                Ok(r) => r,
+                Err(_would_block) => continue,
+            },
+            Err(e) => Err(e),
+        };
+        let (stream, peer_addr) = match accepted {
             Ok(s) => {
                 backoff = Duration::from_millis(5);
                 s
@@ -248,15 +274,25 @@ async fn accept_loop(
                 .unwrap_or(false);
         let peer = Peer {
             conn,
-            fd: raw_fd(&stream),
+            fd: stream.as_raw_fd(),
             local,
+        };
+        shared.metrics.connections_open.inc();
+        let later = match connection::serve_now(stream, peer, &shared) {
+            Now::Done(after) => {
+                shared.metrics.connections_open.dec();
+                if after == After::Exit {
+                    let _ = exit.send(true);
+                }
+                continue;
+            }
+            Now::Later(later) => later,
         };
         let shared = shared.clone();
         let exit = exit.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            shared.metrics.connections_open.inc();
-            let after = connection::serve(stream, peer, shared.clone()).await;
+            let after = connection::serve_later(later, peer, shared.clone()).await;
             shared.metrics.connections_open.dec();
             if after == After::Exit {
                 let _ = exit.send(true);
@@ -272,11 +308,6 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
     )
-}
-
-fn raw_fd(s: &TcpStream) -> i32 {
-    use std::os::fd::AsRawFd;
-    s.as_raw_fd()
 }
 
 #[cfg(test)]
