@@ -41,8 +41,10 @@ pub struct Later {
 
 #[derive(Debug)]
 enum Pending {
-    /// The request is not complete yet.
-    Read(FrameReader),
+    /// The request is not complete yet. The connection is already on the
+    /// eviction list (before its task first runs, so that eviction at the
+    /// limit always finds the oldest waiting connection).
+    Read(FrameReader, IdleGuard),
     /// The answer is decided; `written` bytes of its reply have been sent.
     Write { action: Action, written: usize },
 }
@@ -55,11 +57,12 @@ pub enum Now {
 }
 
 /// Try to serve a just-accepted (non-blocking) connection on the spot.
-pub fn serve_now(stream: std::net::TcpStream, peer: Peer, shared: &Shared) -> Now {
+pub fn serve_now(stream: std::net::TcpStream, peer: Peer, shared: &Arc<Shared>) -> Now {
     let later = |stream, state| Now::Later(Later { stream, state });
+    let wait = |reader| Pending::Read(reader, IdleGuard::new(shared, peer.conn));
     if shared.config.delay_write > Duration::ZERO {
         // The -delay_write test aid sleeps before replying: async only.
-        return later(stream, Pending::Read(FrameReader::new()));
+        return later(stream, wait(FrameReader::new()));
     }
     let mut reader = FrameReader::new();
     let mut scratch = [0u8; MAX_FRAME];
@@ -70,7 +73,7 @@ pub fn serve_now(stream: std::net::TcpStream, peer: Peer, shared: &Shared) -> No
         }
         Ok(n) => n,
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-            return later(stream, Pending::Read(reader));
+            return later(stream, wait(reader));
         }
         Err(e) => {
             shared.metrics.dropped("read_error");
@@ -79,7 +82,7 @@ pub fn serve_now(stream: std::net::TcpStream, peer: Peer, shared: &Shared) -> No
         }
     };
     let req = match reader.feed(&scratch[..n]) {
-        Progress::More => return later(stream, Pending::Read(reader)),
+        Progress::More => return later(stream, wait(reader)),
         Progress::Request(r) => r,
         Progress::Reject(r) => {
             shared.metrics.dropped(r.reason());
@@ -128,22 +131,20 @@ pub async fn serve_later(later: Later, peer: Peer, shared: Arc<Shared>) -> After
         }
     };
     match state {
-        Pending::Read(reader) => serve(stream, peer, shared, reader).await,
+        Pending::Read(reader, idle) => serve(stream, peer, shared, reader, idle).await,
         Pending::Write { action, written } => finish(stream, peer, &shared, action, written).await,
     }
 }
 
 /// The async path for a connection whose request is still (partly) to come.
-async fn serve(stream: TcpStream, peer: Peer, shared: Arc<Shared>, reader: FrameReader) -> After {
-    let kick = shared.watch_idle(peer.conn);
-    // Whatever way this connection stops waiting for its request (timeout,
-    // EOF, bad length...), it must leave the eviction list: otherwise the
-    // list grows without bound and eviction at the limit picks ghosts.
-    let idle = IdleGuard {
-        shared: &shared,
-        conn: peer.conn,
-    };
-    let request = match read_request(&stream, peer, &shared, &kick, reader).await {
+async fn serve(
+    stream: TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    reader: FrameReader,
+    idle: IdleGuard,
+) -> After {
+    let request = match read_request(&stream, peer, &shared, &idle.kick, reader).await {
         Some(r) => r,
         None => return After::Continue,
     };
@@ -155,12 +156,27 @@ async fn serve(stream: TcpStream, peer: Peer, shared: Arc<Shared>, reader: Frame
     finish(stream, peer, &shared, action, 0).await
 }
 
-struct IdleGuard<'a> {
-    shared: &'a Shared,
+/// A connection's place on the eviction list. However the connection stops
+/// waiting for its request (answered, timeout, EOF, bad length, dropped
+/// task), the entry goes: a leftover would make eviction pick a ghost.
+#[derive(Debug)]
+struct IdleGuard {
+    shared: Arc<Shared>,
     conn: ConnId,
+    kick: Arc<Notify>,
 }
 
-impl Drop for IdleGuard<'_> {
+impl IdleGuard {
+    fn new(shared: &Arc<Shared>, conn: ConnId) -> Self {
+        IdleGuard {
+            shared: shared.clone(),
+            conn,
+            kick: shared.watch_idle(conn),
+        }
+    }
+}
+
+impl Drop for IdleGuard {
     fn drop(&mut self) {
         self.shared.forget_idle(self.conn);
     }
