@@ -9,9 +9,13 @@
 //! Invariants: the reader never asks for zero bytes while it wants more,
 //! never accepts more than one frame's worth, and the held node stays
 //! registered unless a local, relaxed STOP named it.
+//!
+//! One long-lived daemon state per configuration is reused across inputs,
+//! as a real daemon's is across connections (remembered names, creation
+//! counters); each input leaves it as it found it: only `held` registered.
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kube_epmd::codec::{NodeInfo, Request};
 use kube_epmd::metrics::Metrics;
@@ -22,21 +26,8 @@ use libfuzzer_sys::fuzz_target;
 
 const HELD: &str = "held";
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&flags, mut rest)) = data.split_first() else {
-        return;
-    };
-    let config = Config {
-        relaxed: flags & 1 != 0,
-        kill: if flags & 4 != 0 {
-            KillPolicy::Never
-        } else {
-            KillPolicy::Epmd
-        },
-        ..Config::default()
-    };
-    let shared = Shared::new(config, Arc::new(Metrics::default()));
-    let held = NodeInfo {
+fn held() -> NodeInfo {
+    NodeInfo {
         port: 4200,
         node_type: 77,
         protocol: 0,
@@ -44,11 +35,39 @@ fuzz_target!(|data: &[u8]| {
         lowest_version: 5,
         name: HELD.into(),
         extra: vec![],
+    }
+}
+
+/// The daemon state for the config bits of `flags` (relaxed, KILL policy).
+fn daemon(flags: u8) -> &'static Shared {
+    static DAEMONS: [OnceLock<Shared>; 4] = [const { OnceLock::new() }; 4];
+    let relaxed = flags & 1 != 0;
+    let sidecar = flags & 4 != 0;
+    DAEMONS[usize::from(relaxed) | usize::from(sidecar) << 1].get_or_init(|| {
+        let config = Config {
+            relaxed,
+            kill: if sidecar {
+                KillPolicy::Never
+            } else {
+                KillPolicy::Epmd
+            },
+            ..Config::default()
+        };
+        Shared::new(config, Arc::new(Metrics::default()))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
     };
-    shared
-        .registry
-        .register(held, 1, 7)
-        .expect("empty registry");
+    let shared = daemon(flags);
+    if shared.registry.lookup(HELD).is_none() {
+        shared
+            .registry
+            .register(held(), 1, 7)
+            .expect("only held is ever left");
+    }
     let peer = Peer {
         conn: 2,
         fd: 8,
@@ -81,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
 
     let stops_held =
         matches!(&request, Request::Stop { name } if name == HELD.as_bytes()) && flags & 3 == 3;
-    let (action, _) = dispatch(&shared, request, peer);
+    let (action, _) = dispatch(shared, request, peer);
     if let Action::ReplyKeep(_, Some(name)) = &action {
         assert!(peer.local, "registration from a non-local peer");
         assert!(shared.registry.lookup(name).is_some());
