@@ -486,7 +486,8 @@ fn raise_nofile(want: u64) {
 fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<socket2::Socket>, u64) {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let mut held = Vec::with_capacity(n);
-    let mut failed = 0;
+    let mut failed = 0u64;
+    let mut failed_in_a_row = 0;
     let src: SocketAddr = match addr.ip() {
         IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0),
         IpAddr::V6(_) => SocketAddr::new(addr.ip(), 0),
@@ -510,12 +511,25 @@ fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<socket2::Socket>, u64) {
                 }
                 s.bind(&SockAddr::from(src))?;
             }
-            s.connect(&SockAddr::from(addr))?;
+            // A daemon that stops accepting lets the backlog fill, and then
+            // connects hang: give up on one after a second.
+            s.connect_timeout(&SockAddr::from(addr), Duration::from_secs(1))?;
             Ok(s)
         })();
         match r {
-            Ok(s) => held.push(s),
-            Err(_) => failed += 1,
+            Ok(s) => {
+                held.push(s);
+                failed_in_a_row = 0;
+            }
+            Err(_) => {
+                failed += 1;
+                failed_in_a_row += 1;
+                if failed_in_a_row == 5 {
+                    // The daemon takes no more: count the rest as failed.
+                    failed = (n - held.len()) as u64;
+                    break;
+                }
+            }
         }
     }
     (held, failed)
