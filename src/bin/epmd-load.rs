@@ -591,10 +591,13 @@ fn main() -> anyhow::Result<()> {
 
     let before_hold = o.pid.map(proc_sample).transpose()?;
     let (held, hold_failed) = hold_idle(addr, o.hold_idle);
-    if o.hold_idle > 0 {
+    let open_before = if o.hold_idle > 0 {
         // Let the daemon accept them all before measuring its memory.
         std::thread::sleep(Duration::from_millis(500));
-    }
+        still_open(&held)
+    } else {
+        0
+    };
 
     let job = Arc::new(Job {
         addr,
@@ -675,7 +678,9 @@ fn main() -> anyhow::Result<()> {
         kv.push(("held_open", open_after.to_string()));
         kv.push(("hold_failed", hold_failed.to_string()));
         if let (Some(b), Some(a)) = (before_hold, before) {
-            let per = (a.rss_kib.saturating_sub(b.rss_kib) as f64 * 1024.0) / o.hold_idle as f64;
+            // Per connection the daemon actually kept (C epmd keeps ~1016).
+            let per =
+                (a.rss_kib.saturating_sub(b.rss_kib) as f64 * 1024.0) / open_before.max(1) as f64;
             kv.push(("rss_before_hold_kib", b.rss_kib.to_string()));
             kv.push(("rss_held_kib", a.rss_kib.to_string()));
             kv.push(("bytes_per_idle_conn", format!("{per:.0}")));
