@@ -82,7 +82,10 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         max_connections: max_conn,
         debug: args.epmd.debug > 0,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: requests are answered inline by the accept loop (see
+    // server::connection), so worker threads would only add stacks, malloc
+    // arenas and wake-ups. Blocking work must go to spawn_blocking.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

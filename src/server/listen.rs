@@ -75,6 +75,63 @@ fn is_unsupported_family(e: &std::io::Error) -> bool {
     )
 }
 
+/// accept4() a pending connection, already non-blocking and close-on-exec
+/// (std's accept would need a further fcntl to make it non-blocking).
+pub fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: sockaddr_storage is plain data, large enough for any address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointers are to our own storage and length, valid for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer = sockaddr_to_std(&storage).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unexpected peer address family",
+        )
+    })?;
+    Ok((stream, peer))
+}
+
+fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Listening sockets passed by systemd (sd_listen_fds protocol: LISTEN_PID
 /// is ours, LISTEN_FDS sockets start at fd 3).
 pub fn from_systemd() -> Result<Vec<TcpListener>, BindError> {

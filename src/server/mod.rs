@@ -4,21 +4,28 @@
 mod connection;
 mod dispatch;
 mod listen;
+mod reader;
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use dashmap::DashMap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, warn};
 
-pub use connection::After;
+pub use connection::{After, Later, Now, serve_later, serve_now};
 pub use dispatch::{Action, Peer, dispatch};
 pub use listen::{BindError, bind_all, from_systemd};
+pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
 
 use crate::cli::PortRange;
 use crate::metrics::Metrics;
@@ -143,18 +150,26 @@ impl Shared {
     }
 }
 
-/// epmd's rule for commands only local clients may send: a loopback peer,
-/// or a peer whose address is the socket's own.
-pub fn is_local_peer(peer: SocketAddr, local: SocketAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
+/// IPv4-mapped IPv6 addresses compared as the IPv4 address they carry.
+fn canon(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    };
-    let p = canon(peer.ip());
-    p.is_loopback() || p == canon(local.ip())
+    }
+}
+
+/// A loopback peer is always local (the first half of [`is_local_peer`]).
+pub fn is_loopback_peer(peer: SocketAddr) -> bool {
+    canon(peer.ip()).is_loopback()
+}
+
+/// epmd's rule for commands only local clients may send: a loopback peer,
+/// or a peer whose address is the socket's own.
+pub fn is_local_peer(peer: SocketAddr, local: SocketAddr) -> bool {
+    is_loopback_peer(peer) || canon(peer.ip()) == canon(local.ip())
 }
 
 /// Serve on `listeners` until `shutdown` flips to true or a KILL_REQ is
@@ -188,12 +203,33 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     exit: watch::Sender<bool>,
 ) {
+    // Accept with accept4() ourselves, so a connection is not registered
+    // with the event loop unless it has to wait (see connection::serve_now).
+    let watched = listener.into_std().and_then(|l| {
+        // SAFETY: the std listener owns its descriptor and keeps it open,
+        // unchanged, for as long as the AsyncFd owns the listener.
+        unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(io::Error::from)
+    });
+    let listener = match watched {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot watch a listening socket");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         if shared.config.delay_accept > Duration::ZERO {
             tokio::time::sleep(shared.config.delay_accept).await;
         }
-        let (stream, peer_addr) = match listener.accept().await {
+        let accepted = match listener.readable().await {
+            Ok(mut ready) => match ready.try_io(|l| listen::accept_nonblocking(l.get_ref())) {
+                Ok(r) => r,
+                Err(_would_block) => continue,
+            },
+            Err(e) => Err(e),
+        };
+        let (stream, peer_addr) = match accepted {
             Ok(s) => {
                 backoff = Duration::from_millis(5);
                 s
@@ -233,21 +269,34 @@ async fn accept_loop(
             }
         };
         let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let local = stream
-            .local_addr()
-            .map(|l| is_local_peer(peer_addr, l))
-            .unwrap_or(false);
+        // A loopback peer is local whatever the socket's own address, so
+        // the getsockname() is only paid for the rare non-loopback client.
+        let local = is_loopback_peer(peer_addr)
+            || stream
+                .local_addr()
+                .map(|l| is_local_peer(peer_addr, l))
+                .unwrap_or(false);
         let peer = Peer {
             conn,
-            fd: raw_fd(&stream),
+            fd: stream.as_raw_fd(),
             local,
+        };
+        shared.metrics.connections_open.inc();
+        let later = match connection::serve_now(stream, peer, &shared) {
+            Now::Done(after) => {
+                shared.metrics.connections_open.dec();
+                if after == After::Exit {
+                    let _ = exit.send(true);
+                }
+                continue;
+            }
+            Now::Later(later) => later,
         };
         let shared = shared.clone();
         let exit = exit.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            shared.metrics.connections_open.inc();
-            let after = connection::serve(stream, peer, shared.clone()).await;
+            let after = connection::serve_later(later, peer, shared.clone()).await;
             shared.metrics.connections_open.dec();
             if after == After::Exit {
                 let _ = exit.send(true);
@@ -265,11 +314,6 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-fn raw_fd(s: &TcpStream) -> i32 {
-    use std::os::fd::AsRawFd;
-    s.as_raw_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +327,7 @@ mod tests {
         assert!(is_local_peer(a("10.0.0.1:5"), a("10.0.0.1:4369")));
         assert!(is_local_peer(a("[::ffff:127.0.0.1]:5"), a("[::1]:4369")));
         assert!(!is_local_peer(a("10.0.0.2:5"), a("10.0.0.1:4369")));
+        assert!(is_loopback_peer(a("[::ffff:127.0.0.2]:5")));
+        assert!(!is_loopback_peer(a("10.0.0.1:5")));
     }
 }
