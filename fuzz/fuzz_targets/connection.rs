@@ -51,6 +51,9 @@ fn daemon(flags: u8) -> &'static Shared {
             } else {
                 KillPolicy::Epmd
             },
+            // epmd -d's short memory of unregistered names (5, not 1000):
+            // otherwise every DUMP input formats a thousand lines.
+            debug: true,
             ..Config::default()
         };
         Shared::new(config, Arc::new(Metrics::default()))
