@@ -47,7 +47,7 @@ fn daemon(flags: u8) -> &'static Shared {
         let config = Config {
             relaxed,
             kill: if sidecar {
-                KillPolicy::Never
+                KillPolicy::Survive
             } else {
                 KillPolicy::Epmd
             },
@@ -104,6 +104,12 @@ fuzz_target!(|data: &[u8]| {
     let stops_held =
         matches!(&request, Request::Stop { name } if name == HELD.as_bytes()) && flags & 3 == 3;
     let (action, _) = dispatch(shared, request, peer);
+    if shared.config.kill == KillPolicy::Survive {
+        assert!(
+            !matches!(action, Action::ReplyExit(_)),
+            "a sidecar must never exit on KILL_REQ"
+        );
+    }
     if let Action::ReplyKeep(_, Some(name)) = &action {
         assert!(peer.local, "registration from a non-local peer");
         assert!(shared.registry.lookup(name).is_some());
