@@ -16,15 +16,7 @@ fn frame(req: &Request) -> Vec<u8> {
 }
 
 fn alive() -> Alive2 {
-    Alive2 {
-        port: 4200,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: b"ejabberd".to_vec(),
-        extra: vec![],
-    }
+    Alive2::erlang_node("ejabberd", 4200)
 }
 
 fn decode(c: &mut Criterion) {
@@ -50,15 +42,7 @@ fn decode(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
-    let info = NodeInfo {
-        port: 4200,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: "ejabberd".into(),
-        extra: vec![],
-    };
+    let info = NodeInfo::erlang_node("ejabberd", 4200);
     let mut out = BytesMut::with_capacity(256);
     g.bench_function("port2_hit", |b| {
         b.iter(|| {

@@ -9,15 +9,7 @@ use kube_epmd::codec::NodeInfo;
 use kube_epmd::registry::Registry;
 
 fn info(name: &str) -> NodeInfo {
-    NodeInfo {
-        port: 4200,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: name.into(),
-        extra: vec![],
-    }
+    NodeInfo::erlang_node(name, 4200)
 }
 
 /// A registry holding `n` nodes named n0..n{n-1}.

@@ -18,13 +18,9 @@ fn frame(req: &Request) -> Vec<u8> {
 
 fn alive(name: &str, highest_version: u16, extra: &[u8]) -> Request {
     Request::Alive2(Alive2 {
-        port: 4200,
-        node_type: 77,
-        protocol: 0,
         highest_version,
-        lowest_version: 5,
-        name: name.as_bytes().to_vec(),
         extra: extra.to_vec(),
+        ..Alive2::erlang_node(name, 4200)
     })
 }
 

@@ -111,6 +111,40 @@ pub struct Alive2 {
     pub extra: Vec<u8>,
 }
 
+/// NodeType of a normal Erlang node (`M`, 77); hidden nodes send `H`.
+pub const NODE_TYPE_NORMAL: u8 = 77;
+
+impl Alive2 {
+    /// What an OTP 23+ node sends: a normal node over TCP/IPv4 with
+    /// distribution versions 5..=6 and no extra data.
+    pub fn erlang_node(name: &str, port: u16) -> Alive2 {
+        Alive2 {
+            port,
+            node_type: NODE_TYPE_NORMAL,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            name: name.as_bytes().to_vec(),
+            extra: vec![],
+        }
+    }
+}
+
+impl NodeInfo {
+    /// The registration [`Alive2::erlang_node`] makes.
+    pub fn erlang_node(name: &str, port: u16) -> NodeInfo {
+        NodeInfo {
+            port,
+            node_type: NODE_TYPE_NORMAL,
+            protocol: 0,
+            highest_version: 6,
+            lowest_version: 5,
+            name: name.into(),
+            extra: vec![],
+        }
+    }
+}
+
 /// The payload length announced by a 2-byte header, if acceptable.
 pub fn payload_len(header: [u8; 2]) -> Result<usize, DecodeError> {
     let len = u16::from_be_bytes(header) as usize;

@@ -227,13 +227,8 @@ mod tests {
 
     fn info(name: &str, port: u16, hv: u16) -> NodeInfo {
         NodeInfo {
-            port,
-            node_type: 77,
-            protocol: 0,
             highest_version: hv,
-            lowest_version: 5,
-            name: name.into(),
-            extra: vec![],
+            ..NodeInfo::erlang_node(name, port)
         }
     }
 

@@ -123,15 +123,7 @@ fn frame(req: &Request) -> Vec<u8> {
 }
 
 fn alive2(name: &str) -> Request {
-    Request::Alive2(Alive2 {
-        port: HELD_PORT,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: name.as_bytes().to_vec(),
-        extra: vec![],
-    })
+    Request::Alive2(Alive2::erlang_node(name, HELD_PORT))
 }
 
 fn try_register(addr: SocketAddr, name: &str) -> std::io::Result<TcpStream> {

@@ -27,15 +27,7 @@ use libfuzzer_sys::fuzz_target;
 const HELD: &str = "held";
 
 fn held() -> NodeInfo {
-    NodeInfo {
-        port: 4200,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: HELD.into(),
-        extra: vec![],
-    }
+    NodeInfo::erlang_node(HELD, 4200)
 }
 
 /// The daemon state for the config bits of `flags` (relaxed, KILL policy).

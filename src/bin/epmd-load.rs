@@ -126,15 +126,7 @@ fn frame(req: &Request) -> Vec<u8> {
 }
 
 fn alive_req(name: &str, port: u16) -> Request {
-    Request::Alive2(Alive2 {
-        port,
-        node_type: 77,
-        protocol: 0,
-        highest_version: 6,
-        lowest_version: 5,
-        name: name.as_bytes().to_vec(),
-        extra: vec![],
-    })
+    Request::Alive2(Alive2::erlang_node(name, port))
 }
 
 impl Frames {
