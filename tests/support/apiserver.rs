@@ -111,6 +111,23 @@ struct Net {
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+impl Net {
+    /// Stop listening and cut every open connection.
+    fn close(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
+    }
+}
+
 /// A kube-apiserver stand-in; see the module docs.
 pub struct TestApiServer {
     addr: SocketAddr,
@@ -284,17 +301,7 @@ impl TestApiServer {
     pub fn set_unavailable(&self, on: bool) {
         let mut net = self.net.lock().unwrap_or_else(|e| e.into_inner());
         if on {
-            if let Some(a) = net.accept.take() {
-                a.abort();
-            }
-            for c in net
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-            {
-                c.abort();
-            }
+            net.close();
             self.shared.lock().watchers.clear();
         } else if net.accept.is_none() {
             let _enter = self.runtime.enter();
@@ -375,18 +382,7 @@ impl TestApiServer {
 
 impl Drop for TestApiServer {
     fn drop(&mut self) {
-        let mut net = self.net.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = net.accept.take() {
-            a.abort();
-        }
-        for c in net
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            c.abort();
-        }
+        self.net.lock().unwrap_or_else(|e| e.into_inner()).close();
     }
 }
 
