@@ -77,6 +77,22 @@ impl Drop for Pods {
 }
 
 impl Pods {
+    /// `sh -c` as user ejabberd inside pod `i`'s network namespace.
+    fn as_ejabberd(&self, i: usize) -> Command {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &self.names[i],
+            "su",
+            "ejabberd",
+            "-s",
+            "/bin/sh",
+            "-c",
+        ]);
+        c
+    }
+
     fn pod_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("chat-{i}"))
     }
@@ -128,17 +144,8 @@ impl Pods {
             pid = pid_file.display()
         );
         let log = fs::File::create(d.join("entrypoint.log")).expect("log");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.names[i],
-                "su",
-                "ejabberd",
-                "-s",
-                "/bin/sh",
-                "-c",
-            ])
+        let child = self
+            .as_ejabberd(i)
             .arg(shell)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -187,18 +194,7 @@ impl Pods {
             s = d.join("spool").display(),
             l = d.join("logs").display()
         );
-        run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.names[i],
-                "su",
-                "ejabberd",
-                "-s",
-                "/bin/sh",
-                "-c",
-            ])
-            .arg(shell))
+        run(self.as_ejabberd(i).arg(shell))
     }
 
     /// `kube-epmd -names` inside pod `i`.
