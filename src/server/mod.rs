@@ -284,10 +284,7 @@ async fn accept_loop(
         shared.metrics.connections_open.inc();
         let later = match connection::serve_now(stream, peer, &shared) {
             Now::Done(after) => {
-                shared.metrics.connections_open.dec();
-                if after == After::Exit {
-                    let _ = exit.send(true);
-                }
+                closed(&shared, &exit, after);
                 continue;
             }
             Now::Later(later) => later,
@@ -297,11 +294,16 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let after = connection::serve_later(later, peer, shared.clone()).await;
-            shared.metrics.connections_open.dec();
-            if after == After::Exit {
-                let _ = exit.send(true);
-            }
+            closed(&shared, &exit, after);
         });
+    }
+}
+
+/// Bookkeeping when a connection ends, whichever path served it.
+fn closed(shared: &Shared, exit: &watch::Sender<bool>, after: After) {
+    shared.metrics.connections_open.dec();
+    if after == After::Exit {
+        let _ = exit.send(true);
     }
 }
 
