@@ -1,6 +1,7 @@
 //! Scenario 9: Debian's `rabbitmq-server`, one broker per pod, with
 //! kube-epmd as the only EPMD and no DNS, configured as
-//! deploy/examples/rabbitmq configures it:
+//! deploy/examples/rabbitmq configures it (its rabbitmq.conf is used as is,
+//! names substituted):
 //!
 //! - `ERL_INETRC` = the pod's kube-epmd inetrc: node names
 //!   `rabbit@chat-K.xmpp-internal-svc` resolve through its hosts file;
@@ -37,6 +38,8 @@ use crate::{report, run};
 /// the rabbitmq user and force /var/lib/rabbitmq).
 const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
 const PODS: usize = 3;
+/// The configuration the example deploys, used here as is.
+const EXAMPLE_CONF: &str = "deploy/examples/rabbitmq/rabbitmq/rabbitmq.conf";
 /// Bound on one CLI call.
 const CTL_LIMIT: Duration = Duration::from_secs(60);
 /// Bound on forming the cluster from empty databases (three brokers
@@ -68,6 +71,28 @@ fn write(p: &Path, text: &str) -> Result<(), String> {
     std::fs::write(p, text).map_err(|e| format!("write {}: {e}", p.display()))
 }
 
+/// The example's rabbitmq.conf, with its StatefulSet's pod and service
+/// names replaced by this harness's (`rmq-N.rmq-internal-svc` ->
+/// `chat-N.xmpp-internal-svc`).
+fn example_conf() -> Result<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE_CONF);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let conf = text
+        .replace("rmq-internal-svc", SUBDOMAIN)
+        .replace("rabbit@rmq-", "rabbit@chat-");
+    let listed = conf
+        .lines()
+        .filter(|l| l.starts_with("cluster_formation.classic_config.nodes."))
+        .count();
+    if listed != PODS || !(0..PODS).all(|k| conf.contains(&format!(" = {}\n", node(k)))) {
+        return Err(format!(
+            "{EXAMPLE_CONF} does not list rabbit@rmq-0..2.rmq-internal-svc:\n{text}"
+        ));
+    }
+    Ok(conf)
+}
+
 /// Lay out pod `k`'s directories and configuration.
 fn prepare(c: &Cluster, k: usize) -> Result<Broker, String> {
     let root = c.path(&format!("pod{k}/rabbitmq"));
@@ -90,15 +115,7 @@ fn prepare(c: &Cluster, k: usize) -> Result<Broker, String> {
     // Present and empty: keeps /etc/rabbitmq/rabbitmq-env.conf out.
     write(&b.etc.join("rabbitmq-env.conf"), "")?;
     write(&b.etc.join("enabled_plugins"), "[].\n")?;
-    let mut conf = String::from("cluster_formation.peer_discovery_backend = classic_config\n");
-    for j in 0..PODS {
-        conf += &format!(
-            "cluster_formation.classic_config.nodes.{} = {}\n",
-            j + 1,
-            node(j)
-        );
-    }
-    write(&b.etc.join("rabbitmq.conf"), &conf)?;
+    write(&b.etc.join("rabbitmq.conf"), &example_conf()?)?;
     Ok(b)
 }
 
