@@ -368,18 +368,16 @@ impl Watcher {
         let (s, w) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                for (k, &ino) in inodes.iter().enumerate() {
-                    for p in procfs::processes_in(ino) {
-                        let mut seen = w.lock().unwrap_or_else(|e| e.into_inner());
-                        if p.is_epmd() {
-                            seen.epmd
-                                .push(format!("pod {k}: pid {} {}", p.pid, p.cmdline));
-                        } else if p.cmdline.contains("epmd-starter")
-                            && p.comm.starts_with("beam")
-                            && !seen.starters[k].iter().any(|(pid, _)| *pid == p.pid)
-                        {
-                            seen.starters[k].push((p.pid, Instant::now()));
-                        }
+                for (k, p) in procfs::processes_in(&inodes) {
+                    let mut seen = w.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.is_epmd() {
+                        seen.epmd
+                            .push(format!("pod {k}: pid {} {}", p.pid, p.cmdline));
+                    } else if p.cmdline.contains("epmd-starter")
+                        && p.comm.starts_with("beam")
+                        && !seen.starters[k].iter().any(|(pid, _)| *pid == p.pid)
+                    {
+                        seen.starters[k].push((p.pid, Instant::now()));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50));

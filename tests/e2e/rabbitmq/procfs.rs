@@ -29,10 +29,11 @@ impl Proc {
     }
 }
 
-/// Every process whose network namespace is `ns_inode`. Processes that
-/// exit while being read are skipped.
-pub fn processes_in(ns_inode: u64) -> Vec<Proc> {
-    let want = format!("net:[{ns_inode}]");
+/// Every process whose network namespace is one of `ns_inodes`, with the
+/// index of its namespace in that list; one pass over /proc. Processes
+/// that exit while being read are skipped.
+pub fn processes_in(ns_inodes: &[u64]) -> Vec<(usize, Proc)> {
+    let want: Vec<String> = ns_inodes.iter().map(|i| format!("net:[{i}]")).collect();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -41,20 +42,27 @@ pub fn processes_in(ns_inode: u64) -> Vec<Proc> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let in_ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
-            .is_ok_and(|l| l.to_string_lossy() == want);
-        if !in_ns {
+        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
             continue;
-        }
+        };
+        let Some(k) = want
+            .iter()
+            .position(|w| link.to_string_lossy() == w.as_str())
+        else {
+            continue;
+        };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        out.push(Proc {
-            pid,
-            comm: comm.trim_end().to_string(),
-            cmdline: String::from_utf8_lossy(&cmdline)
-                .trim_end_matches('\0')
-                .replace('\0', " "),
-        });
+        out.push((
+            k,
+            Proc {
+                pid,
+                comm: comm.trim_end().to_string(),
+                cmdline: String::from_utf8_lossy(&cmdline)
+                    .trim_end_matches('\0')
+                    .replace('\0', " "),
+            },
+        ));
     }
     out
 }
