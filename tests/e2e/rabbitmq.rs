@@ -1,7 +1,8 @@
 //! Scenario 9: Debian's `rabbitmq-server`, one broker per pod, with
 //! kube-epmd as the only EPMD and no DNS, configured as
-//! deploy/examples/rabbitmq configures it (its rabbitmq.conf is used as is,
-//! names substituted):
+//! deploy/examples/rabbitmq configures it (its rabbitmq.conf and its
+//! container environment are used as they are, names and paths
+//! substituted):
 //!
 //! - `ERL_INETRC` = the pod's kube-epmd inetrc: node names
 //!   `rabbit@chat-K.xmpp-internal-svc` resolve through its hosts file;
@@ -40,6 +41,8 @@ const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
 const PODS: usize = 3;
 /// The configuration the example deploys, used here as is.
 const EXAMPLE_CONF: &str = "deploy/examples/rabbitmq/rabbitmq/rabbitmq.conf";
+/// The StatefulSet whose rabbitmq container's environment is used here.
+const EXAMPLE_STS: &str = "deploy/examples/rabbitmq/statefulset.yaml";
 /// Bound on one CLI call.
 const CTL_LIMIT: Duration = Duration::from_secs(60);
 /// Bound on forming the cluster from empty databases (three brokers
@@ -64,6 +67,8 @@ struct Broker {
     mnesia: PathBuf,
     logs: PathBuf,
     stdout: PathBuf,
+    /// The example's environment for this pod (see `example_env`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -93,41 +98,101 @@ fn example_conf() -> Result<String, String> {
     Ok(conf)
 }
 
+/// The rabbitmq container's environment in the example's StatefulSet, for
+/// this harness's pod: values as they are, except the pod and service names
+/// in the node name and the paths that live under the test's scratch dir
+/// here (kube-epmd's inetrc, HOME, the Mnesia base). A variable this test
+/// does not know is an error, so the test follows the manifest.
+fn example_env(c: &Cluster, b: &Broker) -> Result<Vec<(String, String)>, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE_STS);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let sts: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{EXAMPLE_STS}: {e}"))?;
+    let env = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "rabbitmq"))
+        .and_then(|c| c["env"].as_array())
+        .ok_or(format!("{EXAMPLE_STS}: no rabbitmq container with env"))?;
+    let k = b.k;
+    let path_str = |p: &Path| p.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in env {
+        let name = e["name"]
+            .as_str()
+            .ok_or(format!("{EXAMPLE_STS}: env {e}"))?;
+        let value = match (name, e["value"].as_str()) {
+            ("POD_NAME", None) => pod_name(k),
+            ("RABBITMQ_NODENAME", Some(v)) => {
+                let n = v
+                    .replace("$(POD_NAME)", &pod_name(k))
+                    .replace("rmq-internal-svc", SUBDOMAIN);
+                if n != node(k) {
+                    return Err(format!("{EXAMPLE_STS}: RABBITMQ_NODENAME {v} is not {n}"));
+                }
+                n
+            }
+            ("ERL_INETRC", Some(v)) if v.ends_with("/inetrc") => path_str(&c.pods[k].inetrc()),
+            ("HOME", Some(_)) => path_str(&b.home),
+            ("RABBITMQ_MNESIA_BASE", Some(_)) => path_str(&b.mnesia),
+            (
+                "RABBITMQ_USE_LONGNAME"
+                | "RABBITMQ_DIST_PORT"
+                | "RABBITMQ_CTL_DIST_PORT_MIN"
+                | "RABBITMQ_CTL_DIST_PORT_MAX"
+                | "ERL_ZFLAGS",
+                Some(v),
+            ) => v.to_string(),
+            _ => {
+                return Err(format!(
+                    "{EXAMPLE_STS}: the rabbitmq container sets {e}, which this test does not \
+                     apply: teach example_env about it"
+                ));
+            }
+        };
+        out.push((name.to_string(), value));
+    }
+    Ok(out)
+}
+
 /// Lay out pod `k`'s directories and configuration.
 fn prepare(c: &Cluster, k: usize) -> Result<Broker, String> {
     let root = c.path(&format!("pod{k}/rabbitmq"));
-    let b = Broker {
+    let mut b = Broker {
         k,
         home: root.join("home"),
         etc: root.join("etc"),
         mnesia: root.join("mnesia"),
         logs: root.join("log"),
         stdout: root.join("stdout.log"),
+        env: Vec::new(),
         child: None,
     };
     for d in [&b.home, &b.etc, &b.mnesia, &b.logs] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    // The cookie as the Secret provides it; Erlang insists on mode 0400.
+    // The cookie as the example's command leaves it: owner-only, which
+    // Erlang insists on.
     let cookie = b.home.join(".erlang.cookie");
     write(&cookie, COOKIE)?;
-    crate::cluster::set_mode(&cookie, 0o400)?;
+    crate::cluster::set_mode(&cookie, 0o600)?;
     // Present and empty: keeps /etc/rabbitmq/rabbitmq-env.conf out.
     write(&b.etc.join("rabbitmq-env.conf"), "")?;
     write(&b.etc.join("enabled_plugins"), "[].\n")?;
     write(&b.etc.join("rabbitmq.conf"), &example_conf()?)?;
+    b.env = example_env(c, &b)?;
     Ok(b)
 }
 
-/// The environment of every RabbitMQ process in the broker's pod: server, CLI and,
-/// through inheritance, the `epmd-starter` VMs.
+/// A RabbitMQ program in the broker's pod, with the example's environment
+/// (server, CLI and, through inheritance, the `epmd-starter` VMs).
 fn rabbit_command(c: &Cluster, b: &Broker, program: &str) -> Command {
     let k = b.k;
     let mut cmd = c.pods[k].ns.command(&format!("{RABBIT_BIN}/{program}"));
-    cmd.env("HOME", &b.home)
+    cmd.envs(b.env.iter().map(|(k, v)| (k, v)))
+        // Where the image has its files, this host has Debian's: point
+        // every other file RabbitMQ reads into the test's dirs.
         .env("LC_ALL", "C.UTF-8")
-        .env("RABBITMQ_NODENAME", node(k))
-        .env("RABBITMQ_USE_LONGNAME", "true")
         .env("RABBITMQ_CONF_ENV_FILE", b.etc.join("rabbitmq-env.conf"))
         .env("RABBITMQ_CONFIG_FILE", b.etc.join("rabbitmq.conf"))
         .env(
@@ -138,13 +203,7 @@ fn rabbit_command(c: &Cluster, b: &Broker, program: &str) -> Command {
             "RABBITMQ_ENABLED_PLUGINS_FILE",
             b.etc.join("enabled_plugins"),
         )
-        .env("RABBITMQ_MNESIA_BASE", &b.mnesia)
         .env("RABBITMQ_LOG_BASE", &b.logs)
-        .env("RABBITMQ_DIST_PORT", "4200")
-        .env("RABBITMQ_CTL_DIST_PORT_MIN", "4201")
-        .env("RABBITMQ_CTL_DIST_PORT_MAX", "4210")
-        .env("ERL_ZFLAGS", "-start_epmd false")
-        .env("ERL_INETRC", c.pods[k].inetrc())
         .env_remove("ERL_AFLAGS")
         .env_remove("ERL_FLAGS")
         .env_remove("ERL_EPMD_PORT")
