@@ -430,8 +430,10 @@ impl Watcher {
                 for (k, p) in procfs::processes_in(&inodes) {
                     let mut seen = w.lock().unwrap_or_else(|e| e.into_inner());
                     if p.is_epmd() {
-                        seen.epmd
-                            .push(format!("pod {k}: pid {} {}", p.pid, p.cmdline));
+                        let line = format!("pod {k}: pid {} {}", p.pid, p.cmdline);
+                        if !seen.epmd.contains(&line) {
+                            seen.epmd.push(line);
+                        }
                     } else if p.cmdline.contains("epmd-starter")
                         && p.comm.starts_with("beam")
                         && !seen.starters[k].iter().any(|(pid, _)| *pid == p.pid)
