@@ -324,14 +324,16 @@ async fn running_nodes(c: &Cluster, b: &Broker) -> Result<BTreeSet<String>, Stri
         .collect())
 }
 
-/// Wait (bounded) until the broker has booted (`await_startup`
-/// fails at once while the node is not up yet, so it is retried).
+/// Wait (bounded) until the broker has booted. `await_startup` fails at
+/// once while the node is not up yet, and each call is kept under
+/// `CTL_LIMIT`, so it is retried until `limit`.
 async fn await_startup(c: &Cluster, b: &Broker, limit: Duration) -> Result<(), String> {
     let k = b.k;
     let t0 = Instant::now();
     loop {
         let left = limit
             .saturating_sub(t0.elapsed())
+            .min(CTL_LIMIT - Duration::from_secs(10))
             .as_secs()
             .max(1)
             .to_string();
@@ -349,7 +351,7 @@ async fn await_startup(c: &Cluster, b: &Broker, limit: Duration) -> Result<(), S
     }
 }
 
-/// Wait (bounded) until each pod of `pods` reports exactly `want` running.
+/// Wait (bounded) until each of `brokers` reports exactly `want` running.
 async fn await_members(
     c: &Cluster,
     brokers: &[&Broker],
