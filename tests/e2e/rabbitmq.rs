@@ -290,10 +290,15 @@ async fn ctl_ok(c: &Cluster, b: &Broker, args: &[&str]) -> Result<String, String
     ))
 }
 
+/// The broker's own log file so far.
+fn broker_log(b: &Broker) -> String {
+    std::fs::read_to_string(b.logs.join(format!("{}.log", node(b.k)))).unwrap_or_default()
+}
+
 /// The last lines of the broker's log, for failure messages.
 fn log_tail(b: &Broker) -> String {
     let k = b.k;
-    let log = std::fs::read_to_string(b.logs.join(format!("{}.log", node(k)))).unwrap_or_default();
+    let log = broker_log(b);
     let out = std::fs::read_to_string(&b.stdout).unwrap_or_default();
     let tail = |s: &str| s.lines().rev().take(20).collect::<Vec<_>>().join("\n");
     format!(
@@ -546,6 +551,28 @@ async fn scenario() -> Result<(), String> {
     .await?;
     let formed = t_form.elapsed();
     report!("rmq: 3 brokers booted in {booted:?}, one 3-node cluster on every pod in {formed:?}");
+    // Peer discovery did it: one node started the cluster, the other two
+    // picked a peer from the classic-config list by themselves.
+    let (mut seeds, mut joined) = (Vec::new(), 0);
+    for b in &brokers {
+        let log = broker_log(b);
+        if log.contains("Starting as a blank standalone node") {
+            seeds.push(node(b.k));
+        }
+        if log.contains("selected for auto-clustering") {
+            joined += 1;
+        }
+    }
+    if seeds.len() != 1 || joined != PODS - 1 {
+        return Err(format!(
+            "want one seed and {} auto-clustered nodes, logs show seeds {seeds:?} and {joined} joined",
+            PODS - 1
+        ));
+    }
+    report!(
+        "rmq: {} started the cluster, the other two joined it by peer discovery",
+        seeds[0]
+    );
     for k in 0..PODS {
         let port = c.registered(k, "rabbit")?;
         if port != Some(4200) {
@@ -600,8 +627,7 @@ async fn scenario() -> Result<(), String> {
     )
     .await?;
     let rejoin = t.elapsed();
-    let log = std::fs::read_to_string(brokers[2].logs.join(format!("{}.log", node(2))))
-        .unwrap_or_default();
+    let log = broker_log(&brokers[2]);
     let empty_boots = log.matches("is empty. Assuming we need to join").count();
     if empty_boots != 1 {
         return Err(format!(
