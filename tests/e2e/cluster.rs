@@ -218,6 +218,12 @@ impl Cluster {
         }
     }
 
+    /// Pid of the kube-epmd running in pod `k` (`ip netns exec` execs it,
+    /// so the child's pid is the daemon's).
+    pub fn sidecar_pid(&self, k: usize) -> Option<u32> {
+        self.pods[k].sidecar.as_ref().and_then(|c| c.id())
+    }
+
     /// The pod's kube-epmd log so far (for failure messages).
     pub fn sidecar_log(&self, k: usize) -> String {
         std::fs::read_to_string(&self.pods[k].log).unwrap_or_default()

@@ -17,6 +17,7 @@ mod erlang;
 mod mesh;
 mod netns;
 mod probe;
+mod rabbitmq;
 mod scenarios;
 
 use std::io::Write;
