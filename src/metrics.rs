@@ -149,13 +149,23 @@ pub struct DiscoveryMetrics {
 
 impl DiscoveryMetrics {
     /// Metrics for a discovery that also watches a StatefulSet when
-    /// `statefulset` is true.
-    pub fn new(statefulset: bool) -> DiscoveryMetrics {
+    /// `statefulset` is true. Each of `reasons` (every label a watch error
+    /// can get) is exposed at 0 from the start: a labelled family with no
+    /// series would be missing from `/metrics` until the first error.
+    pub fn new(statefulset: bool, reasons: &[&'static str]) -> DiscoveryMetrics {
         let m = DiscoveryMetrics {
             statefulset_watched: statefulset,
             ..Default::default()
         };
         m.statefulset_replicas.set(-1);
+        for &reason in reasons {
+            // Creating the series is the point; the guard is dropped.
+            drop(m.watch_errors.get_or_create(&ReasonLabels { reason }));
+            drop(
+                m.statefulset_watch_errors
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
         m
     }
 

@@ -189,6 +189,45 @@ async fn pod_changes_drive_the_hosts_file_inetrc_and_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_errors_are_exposed_at_zero_before_any_error() {
+    // An alert built on absent(kube_epmd_watch_errors_total) or on its
+    // rate must see the family from the start, not after the first error.
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
+    d.wait_ready(READY).await;
+    let (_, metrics) = d.get("/metrics").await.unwrap();
+    for reason in [
+        "unauthorized",
+        "forbidden",
+        "expired",
+        "client_error",
+        "server_error",
+        "unreachable",
+        "stream_broken",
+        "bad_response",
+        "other",
+    ] {
+        let line = format!("kube_epmd_watch_errors_total{{reason=\"{reason}\"}} 0\n");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    // A real error then counts on its own series.
+    api.expire_watches();
+    eventually(&d, RECOVER, "410 counted", || async {
+        let n = d
+            .metric("kube_epmd_watch_errors_total{reason=\"expired\"}")
+            .await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.metric("kube_epmd_watch_errors_total{reason=\"forbidden\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_before_the_first_list_and_no_empty_view_on_errors() {
     let api = api().await;
     api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));

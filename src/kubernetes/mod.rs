@@ -139,7 +139,10 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
 
     let settings = Arc::new(settings);
     let status = Arc::new(SyncStatus::default());
-    let metrics = Arc::new(DiscoveryMetrics::new(settings.statefulset.is_some()));
+    let metrics = Arc::new(DiscoveryMetrics::new(
+        settings.statefulset.is_some(),
+        &discovery::REASONS,
+    ));
     let (table_tx, table_rx) = watch::channel(PeerTable::default());
 
     let api: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
