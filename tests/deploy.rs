@@ -1621,3 +1621,61 @@ fn image_recipe_matches_the_sidecar() {
         "the image builds the committed lockfile's release binary"
     );
 }
+
+/// The hidden helper node of cluster-entrypoint.sh runs the erl that
+/// ejabberdctl runs. In the ejabberd image that is the release's
+/// `ERL="${SCRIPT_DIR%/*}/erts-${ERTS_VSN#erts-}/bin/erl"`, reached through
+/// the /usr/local/bin wrapper that `exec`s the release's script: a fake
+/// layout of exactly that shape (outside /opt, so the fallback glob cannot
+/// be what finds it).
+#[test]
+fn cluster_script_finds_the_erl_ejabberdctl_uses() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let exe = |p: &Path, text: &str| {
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    let release = root.join("opt/ejabberd-25.10");
+    exe(
+        &root.join("usr/local/bin/ejabberdctl"),
+        &format!(
+            "#!/bin/sh\nexport SPOOL_DIR=/opt/ejabberd/database\nexec /{}/bin/ejabberdctl \"$@\"\n",
+            release.display()
+        ),
+    );
+    exe(
+        &release.join("bin/ejabberdctl"),
+        "#!/bin/sh\nSCRIPT_DIR=\"$(cd \"$(dirname \"$0\")\" && pwd -P)\"\n\
+         ERTS_VSN=\"erts-16.1\"\nERL=\"${SCRIPT_DIR%/*}/erts-${ERTS_VSN#erts-}/bin/erl\"\n",
+    );
+    let erl = release.join("erts-16.1/bin/erl");
+    exe(&erl, "#!/bin/sh\n");
+    for sh in shells() {
+        let mut path = std::ffi::OsString::from(root.join("usr/local/bin"));
+        if let Some(d) = &sh.1 {
+            path.push(":");
+            path.push(d.path());
+        }
+        path.push(":/usr/bin:/bin");
+        let out = Command::new(&sh.0)
+            .arg(script())
+            .arg("erl")
+            .env_clear()
+            .env("PATH", &path)
+            .env("POD_NAME", "chat-0")
+            .env("ERLANG_NODE_ARG", "ejabberd@chat-0.xmpp-internal-svc")
+            .output()
+            .expect("run sh");
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {got}", sh.0);
+        assert_eq!(
+            Path::new(got.trim()).canonicalize().ok(),
+            erl.canonicalize().ok(),
+            "{}: found {got:?}",
+            sh.0
+        );
+    }
+}

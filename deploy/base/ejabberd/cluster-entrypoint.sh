@@ -8,6 +8,7 @@
 #   cluster-entrypoint.sh query NODE...
 #                                     print "NODE STATE DB_NODES RUNNING_DB_NODES" per node
 #   cluster-entrypoint.sh force-load  MANUAL ESCAPE HATCH, loses data: see below
+#   cluster-entrypoint.sh erl         print the erl used for the hidden helper node
 #
 # Peers come from the hosts file kube-epmd keeps in the shared volume: every
 # pod of the StatefulSet that has an IP, Ready or not. Their node names follow
@@ -121,9 +122,12 @@ own_entry_listed() {
         END { exit !found }' "$HOSTS_FILE"
 }
 
-# The erl that ejabberdctl runs: its own ERL= line (following the image's
-# /usr/local/bin wrapper to the release's script), else the release layout,
-# else the PATH.
+# The erl that ejabberdctl runs, found as ejabberdctl finds it: its own
+# ERL= line, which in the ejabberd image's release is
+#   ERL="${SCRIPT_DIR%/*}/erts-${ERTS_VSN#erts-}/bin/erl"
+# (evaluated with that script's directory and ERTS_VSN= line), reached
+# through the image's /usr/local/bin wrapper (`exec /opt/.../ejabberdctl`);
+# Debian's says ERL="/usr/bin/erl". CLUSTER_ERL overrides; the PATH is last.
 find_erl() {
     if [ -n "${CLUSTER_ERL:-}" ]; then
         echo "$CLUSTER_ERL"
@@ -131,8 +135,16 @@ find_erl() {
     fi
     script=$(command -v "$CTL" 2>/dev/null) || script=
     for f in $script $(sed -n 's|^[ \t]*exec[ \t]\{1,\}\(/[^ \t]*ejabberdctl\).*|\1|p' "$script" 2>/dev/null); do
-        e=$(sed -n 's/^ERL="\{0,1\}\([^"]*\)"\{0,1\}[ \t]*$/\1/p' "$f" 2>/dev/null | head -n 1)
-        if [ -n "$e" ] && [ -x "$e" ]; then
+        e=$(
+            line=$(sed -n 's/^ERL=//p' "$f" 2>/dev/null | head -n 1)
+            [ -n "$line" ] || exit 0
+            # shellcheck disable=SC2034 # read by the eval below
+            SCRIPT_DIR=${f%/*}
+            # shellcheck disable=SC2034
+            ERTS_VSN=$(sed -n 's/^ERTS_VSN="\{0,1\}\([^"]*\)"\{0,1\}[ \t]*$/\1/p' "$f" | head -n 1)
+            eval "printf '%s' $line"
+        )
+        if [ -n "$e" ] && [ -x "$e" ] && [ ! -d "$e" ]; then
             echo "$e"
             return
         fi
@@ -461,5 +473,6 @@ case "${1:-run}" in
     peers) peers ;;
     query) shift; query "$@" ;;
     force-load) erl_eval "$FORCE_LOAD" "$me" ;;
-    *) log "usage: $0 [run|peers|query NODE...|force-load]"; exit 2 ;;
+    erl) find_erl ;;
+    *) log "usage: $0 [run|peers|query NODE...|force-load|erl]"; exit 2 ;;
 esac
