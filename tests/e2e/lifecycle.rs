@@ -383,6 +383,34 @@ impl Chat {
         Ok(())
     }
 
+    /// Every container of pods `ks` crashes at once (SIGKILL: no `ejabberdctl
+    /// stop`); the pods stay, with their IPs and their emptyDirs.
+    async fn crash(&mut self, ks: &[usize]) {
+        for &k in ks {
+            self.c.publish(k, false);
+            self.c.pods[k].ns.kill_all();
+        }
+        for &k in ks {
+            if let Some(mut ch) = self.pods[k].script.take() {
+                let _ = ch.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await;
+            }
+            self.c.kill_sidecar(k).await;
+        }
+    }
+
+    /// The kubelet restarts the crashed containers of pods `ks`: the
+    /// sidecar first (native sidecar), then ejabberd; /tmp is kept.
+    async fn restart_containers(&mut self, ks: &[usize]) -> Result<(), String> {
+        for &k in ks {
+            self.c.start_sidecar(k).await?;
+        }
+        for &k in ks {
+            self.start_container(k)?;
+        }
+        Ok(())
+    }
+
     fn log(&self, k: usize) -> String {
         std::fs::read_to_string(&self.pods[k].log).unwrap_or_default()
     }
@@ -638,6 +666,22 @@ async fn lifecycle() -> Result<(), String> {
         "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
          user {:?} after recreation ({:?} with the stops)",
         t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1c) Every container crashes at the same moment (no clean stop); the
+    // kubelet restarts them in place.
+    chat.register(1, "before_crash").await?;
+    users.push("before_crash".into());
+    let t = Instant::now();
+    chat.crash(&ALL).await;
+    chat.restart_containers(&ALL).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    report!(
+        "lifecycle: every container killed at once (SIGKILL), restarted in place: full \
+         cluster with every user {:?} after the crash",
         t.elapsed()
     );
 

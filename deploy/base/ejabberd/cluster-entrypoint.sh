@@ -212,10 +212,18 @@ Q = fun(P) ->
 
 query() { erl_eval "$QUERY" "$@"; }
 
-# Load every table of the local node from its own disc copy now.
+# Load every table of the local node from its own disc copy now (once its
+# Mnesia runs: at boot the VM is up a moment before Mnesia is).
 FORCE_LOAD='
 [Me] = [list_to_atom(A) || A <- init:get_plain_arguments()],
 pong = net_adm:ping(Me),
+Wait = fun W(0) -> exit(mnesia_not_running);
+           W(N) -> case rpc:call(Me, mnesia, system_info, [is_running], 5000) of
+                       yes -> ok;
+                       _ -> timer:sleep(1000), W(N - 1)
+                   end
+       end,
+ok = Wait(20),
 Tables = rpc:call(Me, mnesia, system_info, [local_tables], 10000),
 [io:format("~s ~p~n", [T, rpc:call(Me, mnesia, force_load_table, [T], 30000)]) || T <- Tables]'
 
@@ -369,6 +377,19 @@ EOF
                 zero=$node
             fi
         done
+        # A new cluster (seeded by ordinal 0, joined by the others) also
+        # needs every pod the StatefulSet wants to answer, when kube-epmd
+        # says how many: a pod not created yet may hold the cluster.
+        if [ "$seed_ok" = 1 ] && [ -r "$REPLICAS_FILE" ]; then
+            want=$(cat "$REPLICAS_FILE" 2>/dev/null) || want=
+            case $want in '' | *[!0-9]*) want=1 ;; esac
+            i=1
+            while [ "$i" -lt "$want" ]; do
+                echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix " || seed_ok=0
+                echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix down" && seed_ok=0
+                i=$((i + 1))
+            done
+        fi
         if [ -z "$target" ] && [ "$seed_ok" = 1 ]; then
             if [ "$ordinal" = 0 ]; then
                 mark_clustered
