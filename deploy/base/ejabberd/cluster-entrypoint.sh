@@ -19,8 +19,11 @@
 # volume records that this node joined or seeded a cluster):
 #   - marker present: start ejabberd; Mnesia's schema on the volume lists the
 #     other nodes and Mnesia reconnects by itself. After all nodes went down,
-#     Mnesia loads each table from the node that went down last (it waits for
-#     it): the pods start in parallel, so it is there. Nothing is forced.
+#     Mnesia loads each table from the node that went down last (the others
+#     wait for it): the pods start in parallel, so it is there. The lowest
+#     node of the schema starts only after another node has loaded the
+#     tables (see hold_if_lowest: Mnesia would otherwise let it load its own,
+#     possibly older, copy). Nothing is forced.
 #   - no marker (a new node, or a lost volume): first, if a running member
 #     still lists this node in its schema (lost volume), that member drops the
 #     stale entry (`ejabberdctl --node MEMBER leave_cluster US`, which for a
@@ -62,6 +65,8 @@ MARKER=$SPOOL/.kube-epmd-clustered
 READY_FLAG=${CLUSTER_READY_FLAG:-/tmp/kube-epmd-clustered}
 JOIN_TIMEOUT=${CLUSTER_JOIN_TIMEOUT:-300}
 PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
+LOAD_GRACE=${CLUSTER_LOAD_GRACE:-15}
+HOLD_MAX=${CLUSTER_HOLD_MAX:-120}
 CTL=${EJABBERDCTL:-ejabberdctl}
 CTL_CONFIG_DIR=${CONFIG_DIR:-/opt/ejabberd/conf}
 
@@ -189,21 +194,35 @@ erl_eval() {
 
 # One line per node named in the arguments:
 #   NODE down
-#   NODE starting|started DB_NODES RUNNING_DB_NODES   (comma-separated, "-" if none)
-# "started" = the ejabberd application runs (ejabberdctl commands work).
+#   NODE STATE DB_NODES RUNNING_DB_NODES   (comma-separated, "-" if none)
+# STATE: starting (VM up, Mnesia not running yet), waiting (Mnesia runs,
+# some local table not loaded: it waits for other nodes), loaded (every
+# local table loaded, ejabberd not started yet), started (the ejabberd
+# application runs: ejabberdctl commands work).
 QUERY='
 F = fun(L) when is_list(L), L =/= [] -> string:join([atom_to_list(N) || N <- L], ",");
        (_) -> "-" end,
+C = fun(P, M, F1, A) -> rpc:call(P, M, F1, A, 10000) end,
 Q = fun(P) ->
         case net_adm:ping(P) of
             pang -> io:format("~s down~n", [P]);
             pong ->
-                Db = rpc:call(P, mnesia, system_info, [db_nodes], 10000),
-                Run = rpc:call(P, mnesia, system_info, [running_db_nodes], 10000),
-                Apps = rpc:call(P, application, which_applications, [5000], 10000),
+                Db = C(P, mnesia, system_info, [db_nodes]),
+                Run = C(P, mnesia, system_info, [running_db_nodes]),
+                Apps = C(P, application, which_applications, [5000]),
                 St = case is_list(Apps) andalso lists:keymember(ejabberd, 1, Apps) of
                          true -> started;
-                         false -> starting
+                         false ->
+                             case C(P, mnesia, system_info, [is_running]) of
+                                 yes ->
+                                     Local = C(P, mnesia, system_info, [local_tables]),
+                                     case is_list(Local) andalso
+                                          C(P, mnesia, wait_for_tables, [Local -- [schema], 0]) of
+                                         ok -> loaded;
+                                         _ -> waiting
+                                     end;
+                                 _ -> starting
+                             end
                      end,
                 io:format("~s ~s ~s ~s~n", [P, St, F(Db), F(Run)])
         end
@@ -340,6 +359,67 @@ EOF
     return 1
 }
 
+# A restart of the node Mnesia would let load its own copy when nobody has
+# the tables: the lowest node name of the schema. When every node holding
+# a table runs Mnesia and none has it loaded yet, Mnesia has that node load
+# its own copy ("orphan" tables), even if another one went down later and
+# holds newer data but has not finished loading it (seen with ejabberd 23.01
+# when all pods start at once: the writes made after chat-0 went down were
+# lost). So that node starts last: once another node has the tables loaded
+# (the one that went down last loads them by itself, and this node then
+# copies from it), or once every other node has waited LOAD_GRACE seconds
+# without loading (none of them went down last: this node did, or all went
+# down together), or after HOLD_MAX seconds whatever the others do.
+hold_if_lowest() {
+    since=
+    hold_until=$(($(date +%s) + HOLD_MAX))
+    while [ "$stopping" = 0 ]; do
+        others=$(peers)
+        [ -n "$others" ] || return 0
+        info=$(query $others) || info=
+        # The schema's nodes, as the peers in our cluster list them; a peer
+        # that does not answer yet (or has no Mnesia yet) may be one too.
+        known=$(echo "$info" | awk -v me="$me" '
+            $2 == "down" || $2 == "starting" { print $1; next }
+            {
+                n = split($3, a, ",")
+                for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
+                if (mine) for (i = 1; i <= n; i++) print a[i]
+                mine = 0
+            }' | LC_ALL=C sort -u)
+        lowest=$(printf '%s\n%s\n' "$me" "$known" | grep . | LC_ALL=C sort | head -n 1)
+        [ "$lowest" = "$me" ] || return 0
+        if echo "$info" | grep -Eq '^[^ ]+ (loaded|started) '; then
+            log "a peer has the tables loaded: starting"
+            return 0
+        fi
+        all_waiting=1
+        [ -n "$known" ] || all_waiting=0
+        for n in $known; do
+            [ "$n" = "$me" ] && continue
+            echo "$info" | grep -q "^$n waiting " || all_waiting=0
+        done
+        now=$(date +%s)
+        if [ "$all_waiting" = 1 ]; then
+            since=${since:-$now}
+            if [ $((now - since)) -ge "$LOAD_GRACE" ]; then
+                log "every other node waits for tables: this one went down last (or all at once): starting"
+                return 0
+            fi
+        else
+            since=
+        fi
+        if [ "$now" -ge "$hold_until" ]; then
+            log "not every node of the schema is up after $HOLD_MAX s: starting anyway"
+            return 0
+        fi
+        [ -n "${held:-}" ] || log "lowest node of the schema: waiting for a peer to load the tables first"
+        held=1
+        pause 2
+    done
+    return 0
+}
+
 # Join the established cluster, or seed it (ordinal 0 only), or wait.
 cluster_once() {
     while [ "$stopping" = 0 ]; do
@@ -473,6 +553,8 @@ run() {
 
     deadline=$(($(date +%s) + JOIN_TIMEOUT))
     if [ -e "$MARKER" ]; then
+        hold_if_lowest
+        [ "$stopping" = 0 ] || exit 0
         start_vm
         log "clustered before ($MARKER): Mnesia reconnects by itself"
     else
