@@ -422,6 +422,7 @@ hold_if_lowest() {
 
 # Join the established cluster, or seed it (ordinal 0 only), or wait.
 cluster_once() {
+    stale=0
     while [ "$stopping" = 0 ]; do
         kill -0 "$vm" 2>/dev/null || { log "ejabberd exited while joining"; return 1; }
         info=$(query "$me" $(peers)) || info=
@@ -446,9 +447,14 @@ EOF
                 continue
             fi
             if has_node "$db" "$me"; then
-                # A member lists us but we are not in its cluster: start over
-                # (the container restarts and drops the entry first).
-                fail "$node lists $me in its schema but we are not in its cluster: restarting"
+                # It lists us but we are not in its cluster: it is joining
+                # us right now (we will see it next round), or it came up
+                # after drop_stale_self and still has a stale entry: then
+                # start over (the container restarts and drops it first).
+                seed_ok=0
+                stale=$((stale + 1))
+                [ "$stale" -lt 10 ] || fail "$node lists $me in its schema but we are not in its cluster: restarting"
+                continue
             fi
             if [ "$(count_nodes "$db")" -gt 1 ]; then
                 seed_ok=0
