@@ -30,8 +30,9 @@
 #     node that is not running is Mnesia's del_table_copy(schema, US)). Then
 #     start ejabberd empty and join a member of the established cluster (a
 #     node whose Mnesia knows more nodes than itself). Only ordinal 0 seeds a
-#     new cluster, and only when every other listed pod answers and none
-#     belongs to a cluster; the others join ordinal 0 in that case. Whoever
+#     new cluster, and only when every other listed pod answers, every pod
+#     the replicas file counts is among them, and none belongs to a cluster;
+#     the others join ordinal 0 in that case. Whoever
 #     cannot decide keeps asking, then exits 1 after CLUSTER_JOIN_TIMEOUT so
 #     the container restarts: never a second cluster beside a live one.
 #   - while running, a background loop removes from the schema every node of
@@ -52,7 +53,8 @@
 # instead of waiting for the others. Whatever was written after this node
 # went down is lost (and a node started later from a newer copy is
 # overwritten with this one). Run it in ONE pod, the one that went down last
-# among those left:
+# among those left (not the lowest node, which holds back before starting
+# ejabberd until another node has the tables):
 #   kubectl -n xmpp exec chat-1 -c ejabberd -- /bin/sh /opt/kube-epmd/cluster-entrypoint.sh force-load
 set -u
 
