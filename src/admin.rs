@@ -36,6 +36,10 @@ pub struct PeersDoc {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<u64>,
+    /// The watched StatefulSet's desired replicas; null when not watched
+    /// (no `--statefulset`) or not known (before its first list, deleted).
+    #[serde(default)]
+    pub replicas: Option<u32>,
     pub peers: Vec<PeerDoc>,
 }
 
@@ -171,6 +175,7 @@ pub fn peers_doc(d: &Discovery) -> PeersDoc {
         healthy: h.healthy,
         last_error: h.last_error,
         last_sync: h.last_sync,
+        replicas: *d.replicas.borrow(),
         peers: table
             .iter()
             .map(|p| PeerDoc {

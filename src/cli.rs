@@ -154,6 +154,12 @@ pub struct KubeArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// StatefulSet whose desired replica count is written to
+    /// <output-dir>/replicas (watched by name only: RBAC may be limited to
+    /// it with resourceNames).
+    #[arg(long, env = "KUBE_EPMD_STATEFULSET")]
+    pub statefulset: Option<String>,
+
     /// Cluster DNS domain used to build fully qualified peer names.
     #[arg(
         long,

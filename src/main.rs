@@ -177,6 +177,7 @@ async fn start_discovery(args: &Args) -> anyhow::Result<kubernetes::Discovery> {
     let settings = Settings {
         namespace: kubernetes::resolve_namespace(k.namespace.as_deref(), &client),
         selector: k.selector.clone().filter(|s| !s.trim().is_empty()),
+        statefulset: k.statefulset.clone().filter(|s| !s.trim().is_empty()),
         pod_name: k.pod_name.clone().filter(|s| !s.is_empty()),
         cluster_domain: k.cluster_domain.clone(),
         output_dir: k.output_dir.clone(),

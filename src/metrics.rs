@@ -137,9 +137,44 @@ pub struct DiscoveryMetrics {
     pub last_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub hosts_file_writes: Counter,
     pub hosts_file_write_errors: Counter,
+    /// Set with `--statefulset`: the StatefulSet metrics below are exposed.
+    pub statefulset_watched: bool,
+    /// The StatefulSet's desired replicas; -1 while unknown (before the
+    /// first complete list, or deleted).
+    pub statefulset_replicas: Gauge,
+    /// StatefulSet watch errors, by reason (as `watch_errors`).
+    pub statefulset_watch_errors: Family<ReasonLabels, Counter>,
+    pub replicas_file_write_errors: Counter,
 }
 
 impl DiscoveryMetrics {
+    /// Metrics for a discovery that also watches a StatefulSet when
+    /// `statefulset` is true. Each of `reasons` (every label a watch error
+    /// can get) is exposed at 0 from the start: a labelled family with no
+    /// series would be missing from `/metrics` until the first error.
+    pub fn new(statefulset: bool, reasons: &[&'static str]) -> DiscoveryMetrics {
+        let m = DiscoveryMetrics {
+            statefulset_watched: statefulset,
+            ..Default::default()
+        };
+        m.statefulset_replicas.set(-1);
+        for &reason in reasons {
+            // Creating the series is the point; the guard is dropped.
+            drop(m.watch_errors.get_or_create(&ReasonLabels { reason }));
+            drop(
+                m.statefulset_watch_errors
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
+        m
+    }
+
+    pub fn statefulset_watch_error(&self, reason: &'static str) {
+        self.statefulset_watch_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn watch_error(&self, reason: &'static str) {
         self.watch_errors
             .get_or_create(&ReasonLabels { reason })
@@ -183,6 +218,23 @@ impl DiscoveryMetrics {
             "Failed hosts file replacements",
             self.hosts_file_write_errors.clone(),
         );
+        if self.statefulset_watched {
+            registry.register(
+                "statefulset_replicas",
+                "Desired replicas of the watched StatefulSet (-1: unknown, no replicas file)",
+                self.statefulset_replicas.clone(),
+            );
+            registry.register(
+                "statefulset_watch_errors",
+                "StatefulSet watch errors by reason",
+                self.statefulset_watch_errors.clone(),
+            );
+            registry.register(
+                "replicas_file_write_errors",
+                "Failed replicas file writes",
+                self.replicas_file_write_errors.clone(),
+            );
+        }
     }
 }
 

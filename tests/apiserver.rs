@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config};
-use support::apiserver::{TestApiServer, pod};
+use support::apiserver::{TestApiServer, pod, statefulset};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -531,4 +531,120 @@ async fn raw_get_lines(url: String, n: usize) -> Vec<String> {
         out.push(line.clone());
     }
     out
+}
+
+#[tokio::test]
+async fn statefulsets_list_and_watch_by_name_with_rbac_resource_names() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let (server, client, _d) = start().await;
+    server.upsert_statefulset(statefulset("chat", "chat", "xmpp-internal-svc", Some(3)));
+    server.upsert_statefulset(statefulset("chat", "web", "web", None));
+    server.upsert_statefulset(statefulset("other", "chat", "xmpp", Some(9)));
+    let api: Api<StatefulSet> = Api::default_namespaced(client.clone());
+
+    // The API's default: an absent spec.replicas is stored as 1.
+    let all = api.list(&ListParams::default()).await.unwrap();
+    let got: Vec<_> = all
+        .items
+        .iter()
+        .map(|s| (s.metadata.name.clone().unwrap(), s.spec.replicas))
+        .collect();
+    assert_eq!(
+        got,
+        [("chat".to_string(), Some(3)), ("web".to_string(), Some(1))]
+    );
+
+    // The wire format: a StatefulSetList of apps/v1, items without kind.
+    let raw: serde_json::Value = serde_json::from_str(
+        &raw_get(&format!(
+            "{}/apis/apps/v1/namespaces/chat/statefulsets?fieldSelector=metadata.name%3Dchat",
+            server.url()
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(raw["kind"], "StatefulSetList");
+    assert_eq!(raw["apiVersion"], "apps/v1");
+    assert_eq!(raw["items"].as_array().unwrap().len(), 1);
+    assert_eq!(raw["items"][0]["spec"]["replicas"], 3);
+    assert!(raw["items"][0].get("kind").is_none());
+
+    // RBAC resourceNames: only a single metadata.name= selector naming an
+    // allowed object passes, for LIST and WATCH alike.
+    server.restrict_statefulsets_to(Some(&["chat"]));
+    let forbidden = |r: kube::Result<kube::core::ObjectList<StatefulSet>>| match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403);
+            assert!(
+                s.message.starts_with("statefulsets.apps is forbidden")
+                    && s.message
+                        .contains("cannot list resource \"statefulsets\" in API group \"apps\""),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    };
+    forbidden(api.list(&ListParams::default()).await);
+    forbidden(
+        api.list(&ListParams::default().fields("metadata.name=web"))
+            .await,
+    );
+    forbidden(
+        api.list(&ListParams::default().fields("metadata.name=chat,metadata.namespace=chat"))
+            .await,
+    );
+    let err = api.watch(&WatchParams::default(), "0").await.err();
+    assert!(
+        matches!(err, Some(kube::Error::Api(ref s)) if s.code == 403),
+        "{err:?}"
+    );
+    let by_name = ListParams::default().fields("metadata.name=chat");
+    let one = api.list(&by_name).await.unwrap();
+    assert_eq!(one.items.len(), 1);
+    let rv = one.metadata.resource_version.unwrap();
+
+    // A watch by name sees its object's changes and nothing else's.
+    let mut s = api
+        .watch(
+            &WatchParams::default()
+                .fields("metadata.name=chat")
+                .timeout(30),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    server.upsert_statefulset(statefulset("chat", "web", "web", Some(4)));
+    server.upsert_statefulset(statefulset("chat", "chat", "xmpp-internal-svc", Some(2)));
+    let ev = tokio::time::timeout(WAIT, s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let WatchEvent::Modified(sts) = ev else {
+        panic!("expected MODIFIED, got {ev:?}")
+    };
+    assert_eq!(
+        (sts.metadata.name.as_deref(), sts.spec.replicas),
+        (Some("chat"), Some(2))
+    );
+    server.delete_statefulset("chat", "chat");
+    let ev = tokio::time::timeout(WAIT, s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, WatchEvent::Deleted(_)), "{ev:?}");
+
+    // An unsupported field is refused as the real server refuses it.
+    server.restrict_statefulsets_to(None);
+    let err = api
+        .list(&ListParams::default().fields("spec.replicas=3"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400 && s.message.contains("field label not supported")),
+        "{err:?}"
+    );
 }

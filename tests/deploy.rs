@@ -330,33 +330,96 @@ fn subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -> b
 
 // ------------------------------------------------------------------- checks
 
-/// The Role lets kube-epmd read pods and nothing else.
-fn check_role(role: &Role) -> Result<(), String> {
+/// The Role lets kube-epmd read pods, and the one StatefulSet `statefulset`
+/// (its replica count, by name only), and nothing else.
+fn check_role(role: &Role, statefulset: &str) -> Result<(), String> {
     let rules = role.rules.as_deref().unwrap_or_default();
-    let [rule] = rules else {
+    let [pods, sts] = rules else {
         return Err(format!(
-            "Role must have exactly one rule, has {}",
+            "Role must have exactly two rules (pods, the StatefulSet), has {}",
             rules.len()
         ));
     };
-    let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
     let want: BTreeSet<&str> = ["get", "list", "watch"].into();
-    if rule.verbs.len() != 3 || verbs != want {
+    for rule in [pods, sts] {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        if rule.verbs.len() != 3 || verbs != want {
+            return Err(format!(
+                "Role verbs are {:?}, want get, list, watch",
+                rule.verbs
+            ));
+        }
+        if rule.non_resource_urls.is_some() {
+            return Err("Role rule must not name URLs".into());
+        }
+    }
+    if pods.api_groups.as_deref() != Some(&["".to_string()][..]) {
+        return Err(format!("Role apiGroups {:?}, want [\"\"]", pods.api_groups));
+    }
+    if pods.resources.as_deref() != Some(&["pods".to_string()][..]) {
+        return Err(format!("Role resources {:?}, want [pods]", pods.resources));
+    }
+    if pods.resource_names.is_some() {
+        return Err("the pods rule must not name resources (pods come and go)".into());
+    }
+    if sts.api_groups.as_deref() != Some(&["apps".to_string()][..])
+        || sts.resources.as_deref() != Some(&["statefulsets".to_string()][..])
+    {
         return Err(format!(
-            "Role verbs are {:?}, want get, list, watch",
-            rule.verbs
+            "second Role rule is {:?} {:?}, want apps statefulsets",
+            sts.api_groups, sts.resources
         ));
     }
-    if rule.api_groups.as_deref() != Some(&["".to_string()][..]) {
-        return Err(format!("Role apiGroups {:?}, want [\"\"]", rule.api_groups));
-    }
-    if rule.resources.as_deref() != Some(&["pods".to_string()][..]) {
-        return Err(format!("Role resources {:?}, want [pods]", rule.resources));
-    }
-    if rule.resource_names.is_some() || rule.non_resource_urls.is_some() {
-        return Err("Role rule must not name resources or URLs".into());
+    if sts.resource_names.as_deref() != Some(&[statefulset.to_string()][..]) {
+        return Err(format!(
+            "the statefulsets rule names {:?}, want exactly [{statefulset}]",
+            sts.resource_names
+        ));
     }
     Ok(())
+}
+
+/// What every lifecycle event relies on (issue 10): pods created and
+/// scaled in parallel (after all went down, Mnesia needs them all up),
+/// one-at-a-time rolling updates, scaled-away volumes deleted, and the
+/// sidecar reporting this StatefulSet's replica count to the entrypoint.
+fn check_lifecycle(m: &Manifests) -> Result<(), String> {
+    let spec = &m.statefulset.spec;
+    if spec.pod_management_policy.as_deref() != Some("Parallel") {
+        return Err(format!(
+            "podManagementPolicy {:?}: after all pods went down, OrderedReady creates only \
+             chat-0, whose Mnesia waits for the others for ever; want Parallel",
+            spec.pod_management_policy
+        ));
+    }
+    let strategy = spec.update_strategy.as_ref();
+    if strategy.and_then(|u| u.type_.as_deref()) != Some("RollingUpdate")
+        || strategy
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.max_unavailable.as_ref())
+            .is_some_and(|v| *v != IntOrString::Int(1))
+    {
+        return Err(format!(
+            "updateStrategy {strategy:?}: want RollingUpdate one pod at a time"
+        ));
+    }
+    if spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_scaled.as_deref())
+        != Some("Delete")
+    {
+        return Err("whenScaled must be Delete: a scaled-away node comes back empty".into());
+    }
+    let args = sidecar_args(m.sidecar())?;
+    let name = m.statefulset.metadata.name.as_deref().unwrap_or("");
+    if args.kube.statefulset.as_deref() != Some(name) {
+        return Err(format!(
+            "kube-epmd --statefulset is {:?}, want {name}: the entrypoint needs its replicas file",
+            args.kube.statefulset
+        ));
+    }
+    check_role(&m.role, name)
 }
 
 /// ServiceAccount ← RoleBinding → Role, and the pods run as that account.
@@ -1051,8 +1114,14 @@ fn check_hardening(m: &Manifests) -> Result<(), String> {
 type Check = fn(&Manifests) -> Result<(), String>;
 
 fn all_checks(m: &Manifests) -> Vec<String> {
-    let checks: [(&str, Check); 9] = [
-        ("role", |m| check_role(&m.role)),
+    let checks: [(&str, Check); 10] = [
+        ("role", |m| {
+            check_role(
+                &m.role,
+                m.statefulset.metadata.name.as_deref().unwrap_or(""),
+            )
+        }),
+        ("lifecycle", check_lifecycle),
         ("rbac wiring", check_rbac_wiring),
         ("selectors", check_selectors),
         ("headless service", check_headless_service),
@@ -1191,24 +1260,67 @@ fn duplicated_key_is_a_parse_error() {
 }
 
 #[test]
-fn role_check_rejects_anything_but_read_on_pods() {
+fn role_check_rejects_anything_but_read_on_pods_and_the_statefulset() {
     let m = Manifests::load("deploy");
-    check_role(&m.role).expect("the shipped Role passes");
-    let rule = |f: &dyn Fn(&mut k8s_openapi::api::rbac::v1::PolicyRule)| {
+    check_role(&m.role, "chat").expect("the shipped Role passes");
+    assert!(check_role(&m.role, "other").is_err());
+    let rule = |i: usize, f: &dyn Fn(&mut k8s_openapi::api::rbac::v1::PolicyRule)| {
         let mut r = m.role.clone();
-        f(&mut r.rules.as_mut().expect("rules")[0]);
-        check_role(&r)
+        f(&mut r.rules.as_mut().expect("rules")[i]);
+        check_role(&r, "chat")
     };
-    assert!(rule(&|r| r.verbs.push("create".into())).is_err());
-    assert!(rule(&|r| r.verbs.retain(|v| v != "watch")).is_err());
-    assert!(rule(&|r| r.verbs.push("get".into())).is_err());
-    assert!(rule(&|r| r.resources = Some(vec!["pods".into(), "secrets".into()])).is_err());
-    assert!(rule(&|r| r.resources = Some(vec!["*".into()])).is_err());
-    assert!(rule(&|r| r.api_groups = Some(vec!["*".into()])).is_err());
-    let mut two = m.role.clone();
-    let extra = two.rules.as_ref().expect("rules")[0].clone();
-    two.rules.as_mut().expect("rules").push(extra);
-    assert!(check_role(&two).is_err());
+    for i in [0, 1] {
+        assert!(rule(i, &|r| r.verbs.push("create".into())).is_err());
+        assert!(rule(i, &|r| r.verbs.retain(|v| v != "watch")).is_err());
+        assert!(rule(i, &|r| r.verbs.push("get".into())).is_err());
+        assert!(rule(i, &|r| r.resources = Some(vec!["*".into()])).is_err());
+        assert!(rule(i, &|r| r.api_groups = Some(vec!["*".into()])).is_err());
+    }
+    assert!(
+        rule(0, &|r| r.resources =
+            Some(vec!["pods".into(), "secrets".into()]))
+        .is_err()
+    );
+    assert!(rule(0, &|r| r.resource_names = Some(vec!["chat-0".into()])).is_err());
+    assert!(rule(1, &|r| r.resource_names = None).is_err());
+    assert!(
+        rule(1, &|r| r.resource_names =
+            Some(vec!["chat".into(), "x".into()]))
+        .is_err()
+    );
+    let mut three = m.role.clone();
+    let extra = three.rules.as_ref().expect("rules")[0].clone();
+    three.rules.as_mut().expect("rules").push(extra);
+    assert!(check_role(&three, "chat").is_err());
+}
+
+#[test]
+fn lifecycle_check_wants_parallel_pods_and_the_replicas_feed() {
+    let m = Manifests::load("deploy");
+    check_lifecycle(&m).expect("the shipped StatefulSet passes");
+    let mut bad = Manifests::load("deploy");
+    bad.statefulset.spec.pod_management_policy = Some("OrderedReady".into());
+    assert!(check_lifecycle(&bad).unwrap_err().contains("Parallel"));
+    let mut bad = Manifests::load("deploy");
+    bad.statefulset.spec.pod_management_policy = None;
+    assert!(check_lifecycle(&bad).is_err());
+    let mut bad = Manifests::load("deploy");
+    sidecar_mut(&mut bad)
+        .args
+        .as_mut()
+        .expect("args")
+        .retain(|a| !a.starts_with("--statefulset"));
+    assert!(check_lifecycle(&bad).unwrap_err().contains("--statefulset"));
+    let mut bad = Manifests::load("deploy");
+    if let Some(p) = bad
+        .statefulset
+        .spec
+        .persistent_volume_claim_retention_policy
+        .as_mut()
+    {
+        p.when_scaled = Some("Retain".into());
+    }
+    assert!(check_lifecycle(&bad).is_err());
 }
 
 fn pod_mut(m: &mut Manifests) -> &mut PodSpec {
@@ -1508,4 +1620,62 @@ fn image_recipe_matches_the_sidecar() {
         dockerfile.contains("cargo build --release --locked --bin kube-epmd"),
         "the image builds the committed lockfile's release binary"
     );
+}
+
+/// The hidden helper node of cluster-entrypoint.sh runs the erl that
+/// ejabberdctl runs. In the ejabberd image that is the release's
+/// `ERL="${SCRIPT_DIR%/*}/erts-${ERTS_VSN#erts-}/bin/erl"`, reached through
+/// the /usr/local/bin wrapper that `exec`s the release's script: a fake
+/// layout of exactly that shape (outside /opt, so the fallback glob cannot
+/// be what finds it).
+#[test]
+fn cluster_script_finds_the_erl_ejabberdctl_uses() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let exe = |p: &Path, text: &str| {
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    let release = root.join("opt/ejabberd-25.10");
+    exe(
+        &root.join("usr/local/bin/ejabberdctl"),
+        &format!(
+            "#!/bin/sh\nexport SPOOL_DIR=/opt/ejabberd/database\nexec /{}/bin/ejabberdctl \"$@\"\n",
+            release.display()
+        ),
+    );
+    exe(
+        &release.join("bin/ejabberdctl"),
+        "#!/bin/sh\nSCRIPT_DIR=\"$(cd \"$(dirname \"$0\")\" && pwd -P)\"\n\
+         ERTS_VSN=\"erts-16.1\"\nERL=\"${SCRIPT_DIR%/*}/erts-${ERTS_VSN#erts-}/bin/erl\"\n",
+    );
+    let erl = release.join("erts-16.1/bin/erl");
+    exe(&erl, "#!/bin/sh\n");
+    for sh in shells() {
+        let mut path = std::ffi::OsString::from(root.join("usr/local/bin"));
+        if let Some(d) = &sh.1 {
+            path.push(":");
+            path.push(d.path());
+        }
+        path.push(":/usr/bin:/bin");
+        let out = Command::new(&sh.0)
+            .arg(script())
+            .arg("erl")
+            .env_clear()
+            .env("PATH", &path)
+            .env("POD_NAME", "chat-0")
+            .env("ERLANG_NODE_ARG", "ejabberd@chat-0.xmpp-internal-svc")
+            .output()
+            .expect("run sh");
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {got}", sh.0);
+        assert_eq!(
+            Path::new(got.trim()).canonicalize().ok(),
+            erl.canonicalize().ok(),
+            "{}: found {got:?}",
+            sh.0
+        );
+    }
 }

@@ -6,8 +6,9 @@
 //!
 //! kube-epmd runs in plain mode here (the Kubernetes watch has its own
 //! tests); the hosts file it would write is written by the test in its
-//! format, and grows by rename when the second pod "is created", as with
-//! the StatefulSet's OrderedReady start.
+//! format, and grows by rename when the second pod "is created" (the
+//! parallel starts and every other lifecycle event are in tests/e2e,
+//! lifecycle.rs, with kube-epmd in Kubernetes mode).
 //!
 //! Shows: chat-0 seeds, chat-1 joins it once, data replicates, the node
 //! registers inside the pinned window through kube-epmd (FIREWALL_WINDOW and

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::apiserver::{TestApiServer, pod};
+use support::apiserver::{TestApiServer, pod, statefulset};
 use support::daemon::{Daemon, eventually, file_is, run_peers_command};
 
 const READY: Duration = Duration::from_secs(20);
@@ -186,6 +186,45 @@ async fn pod_changes_drive_the_hosts_file_inetrc_and_peers() {
     assert!(metrics.contains("kube_epmd_last_sync_timestamp_seconds "));
     assert!(metrics.contains("kube_epmd_registered_nodes "));
     assert!(d.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_errors_are_exposed_at_zero_before_any_error() {
+    // An alert built on absent(kube_epmd_watch_errors_total) or on its
+    // rate must see the family from the start, not after the first error.
+    let api = api().await;
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
+    d.wait_ready(READY).await;
+    let (_, metrics) = d.get("/metrics").await.unwrap();
+    for reason in [
+        "unauthorized",
+        "forbidden",
+        "expired",
+        "client_error",
+        "server_error",
+        "unreachable",
+        "stream_broken",
+        "bad_response",
+        "other",
+    ] {
+        let line = format!("kube_epmd_watch_errors_total{{reason=\"{reason}\"}} 0\n");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    // A real error then counts on its own series.
+    api.expire_watches();
+    eventually(&d, RECOVER, "410 counted", || async {
+        let n = d
+            .metric("kube_epmd_watch_errors_total{reason=\"expired\"}")
+            .await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.metric("kube_epmd_watch_errors_total{reason=\"forbidden\"}")
+            .await,
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,4 +558,186 @@ async fn plain_mode_admin_endpoint_has_metrics_but_no_peer_table() {
         err.contains("404") && err.contains("not in Kubernetes mode"),
         "{err}"
     );
+}
+
+/// `/peers`' `replicas` field (JSON null when unknown).
+async fn peers_replicas(d: &Daemon) -> Option<serde_json::Value> {
+    let (code, body) = d.get("/peers").await?;
+    if code != 200 {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+    doc.get("replicas").cloned()
+}
+
+async fn wait_replicas(d: &Daemon, want: Option<&str>, limit: Duration, what: &str) {
+    eventually(d, limit, what, || async {
+        (d.replicas().as_deref() == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_file_follows_the_statefulset() {
+    let api = api().await;
+    // RBAC as the deploy grants it: this StatefulSet by name only. A
+    // daemon that listed without the name field selector would get 403
+    // for ever.
+    api.restrict_statefulsets_to(Some(&["chat"]));
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    // Another StatefulSet in the namespace, scaled differently: not ours.
+    api.upsert_statefulset(statefulset("chat", "web", "web-svc", Some(7)));
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(3)));
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    // A previous run's value is not trusted: the count may have changed.
+    std::fs::write(out_dir.join("replicas"), "9\n").unwrap();
+    let mut d = Daemon::start_in(
+        &api,
+        "chat",
+        Some(out_dir),
+        &["--selector", "app=xmpp", "--statefulset", "chat"],
+    );
+    wait_replicas(&d, Some("3\n"), READY, "replicas file from the first list").await;
+    d.wait_ready(READY).await;
+    assert_eq!(peers_replicas(&d).await, Some(serde_json::json!(3)));
+    assert_eq!(d.metric("kube_epmd_statefulset_replicas ").await, Some(3.0));
+
+    // Scale down, and up past the other StatefulSet's count.
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(2)));
+    wait_replicas(&d, Some("2\n"), CHANGE, "scaled to 2").await;
+    let ino = |d: &Daemon| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(d.replicas_path()).unwrap().ino()
+    };
+    let before = ino(&d);
+    // A change that leaves spec.replicas alone (a template edit) does not
+    // touch the file; the next scale proves the edit was seen.
+    let mut edited = statefulset("chat", "chat", SVC, Some(2));
+    edited.metadata.generation = Some(2);
+    api.upsert_statefulset(edited);
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.11"], true));
+    wait_hosts(
+        &d,
+        &hosts_of(&[line("10.244.0.10", "chat-0"), line("10.244.1.11", "chat-1")]),
+        "pod change after the template edit",
+    )
+    .await;
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(8)));
+    wait_replicas(&d, Some("8\n"), CHANGE, "scaled to 8").await;
+    assert_ne!(ino(&d), before, "replaced by rename");
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(2)));
+    wait_replicas(&d, Some("2\n"), CHANGE, "back to 2").await;
+    // The API defaults an absent count to 1.
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, None));
+    wait_replicas(&d, Some("1\n"), CHANGE, "absent replicas read as 1").await;
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(2)));
+    wait_replicas(&d, Some("2\n"), CHANGE, "2 again").await;
+
+    // API outage: the last value stays; a change made meanwhile arrives
+    // with the re-list.
+    api.set_unavailable(true);
+    eventually(&d, RECOVER, "outage noticed", || async {
+        let errors = d
+            .metric("kube_epmd_statefulset_watch_errors_total{reason=\"unreachable\"}")
+            .await
+            .unwrap_or(0.0)
+            + d.metric("kube_epmd_statefulset_watch_errors_total{reason=\"stream_broken\"}")
+                .await
+                .unwrap_or(0.0);
+        (errors >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(d.replicas().as_deref(), Some("2\n"));
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(4)));
+    api.expire_watches();
+    assert_eq!(d.replicas().as_deref(), Some("2\n"), "kept while down");
+    assert_eq!(peers_replicas(&d).await, Some(serde_json::json!(2)));
+    api.set_unavailable(false);
+    wait_replicas(&d, Some("4\n"), RECOVER, "re-listed after the outage").await;
+
+    // Deleted: the file goes, /peers says null, the gauge -1.
+    api.delete_statefulset("chat", "chat");
+    wait_replicas(&d, None, CHANGE, "file removed on delete").await;
+    assert_eq!(peers_replicas(&d).await, Some(serde_json::Value::Null));
+    assert_eq!(
+        d.metric("kube_epmd_statefulset_replicas ").await,
+        Some(-1.0)
+    );
+    // Re-created: back.
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(3)));
+    wait_replicas(&d, Some("3\n"), CHANGE, "re-created").await;
+    assert!(d.running());
+    let leftovers: Vec<_> = std::fs::read_dir(d.out_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_file_absent_until_the_statefulset_is_listed() {
+    let api = api().await;
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(3)));
+    // RBAC grants another name: every list and watch is 403.
+    api.restrict_statefulsets_to(Some(&["other"]));
+    let mut d = Daemon::start(&api, "chat", &["--statefulset", "chat"]);
+    d.wait_ready(READY).await;
+    eventually(&d, READY, "403 on the StatefulSet counted", || async {
+        let n = d
+            .metric("kube_epmd_statefulset_watch_errors_total{reason=\"forbidden\"}")
+            .await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(d.replicas(), None, "unknown: no file");
+    assert_eq!(peers_replicas(&d).await, Some(serde_json::Value::Null));
+    assert_eq!(
+        d.metric("kube_epmd_statefulset_replicas ").await,
+        Some(-1.0)
+    );
+    // The pod side is unaffected by the StatefulSet's 403.
+    assert_eq!(d.get("/readyz").await.unwrap(), (200, "ok\n".to_string()));
+
+    api.restrict_statefulsets_to(Some(&["chat"]));
+    wait_replicas(&d, Some("3\n"), RECOVER, "listed once allowed").await;
+
+    // A StatefulSet that does not exist (yet): no file, then the file.
+    let mut other = Daemon::start(&api, "chat", &["--statefulset", "chat2"]);
+    api.restrict_statefulsets_to(None);
+    other.wait_ready(READY).await;
+    eventually(&other, READY, "StatefulSet watch open", || async {
+        (api.open_statefulset_watches() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(other.replicas(), None);
+    assert_eq!(peers_replicas(&other).await, Some(serde_json::Value::Null));
+    api.upsert_statefulset(statefulset("chat", "chat2", SVC, Some(5)));
+    wait_replicas(&other, Some("5\n"), CHANGE, "created after start").await;
+    assert_eq!(d.replicas().as_deref(), Some("3\n"), "each its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_replicas_file_or_statefulset_request_without_the_flag() {
+    let api = api().await;
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(3)));
+    api.upsert_pod(sts_pod("chat-0", &["10.244.0.10"], true));
+    let mut d = Daemon::start(&api, "chat", &[]);
+    d.wait_ready(READY).await;
+    // A pod change applied after start proves the daemon has run a while
+    // with its watches up.
+    api.upsert_pod(sts_pod("chat-1", &["10.244.1.11"], true));
+    wait_hosts(
+        &d,
+        &hosts_of(&[line("10.244.0.10", "chat-0"), line("10.244.1.11", "chat-1")]),
+        "chat-1 added",
+    )
+    .await;
+    assert_eq!(d.replicas(), None);
+    assert_eq!(api.statefulset_requests(), 0, "no StatefulSet API call");
+    assert_eq!(peers_replicas(&d).await, Some(serde_json::Value::Null));
+    let (_, metrics) = d.get("/metrics").await.unwrap();
+    assert!(!metrics.contains("statefulset"), "{metrics}");
 }

@@ -122,6 +122,21 @@ fn on_event(
     metrics.last_sync_seconds.set(now);
 }
 
+/// Every label [`classify`] gives: `kube_epmd_watch_errors_total` shows
+/// each at 0 from the start, so an alert on `absent()` or `rate()` works
+/// before the first failure.
+pub const REASONS: [&str; 9] = [
+    "unauthorized",
+    "forbidden",
+    "expired",
+    "client_error",
+    "server_error",
+    "unreachable",
+    "stream_broken",
+    "bad_response",
+    "other",
+];
+
 /// A short, stable label for an API failure (metrics and logs).
 pub fn classify(e: &watcher::Error) -> &'static str {
     use watcher::Error as W;
@@ -183,5 +198,28 @@ mod tests {
             "stream_broken"
         );
         assert_eq!(classify(&W::NoResourceVersion), "bad_response");
+    }
+
+    #[test]
+    fn every_reason_is_exposed_from_the_start() {
+        let m = DiscoveryMetrics::new(true, &REASONS);
+        let text = crate::metrics::render_all(&crate::metrics::Metrics::default(), Some(&m));
+        for family in ["watch_errors", "statefulset_watch_errors"] {
+            for reason in REASONS {
+                let line = format!("kube_epmd_{family}_total{{reason=\"{reason}\"}} 0\n");
+                assert!(text.contains(&line), "{line} missing from:\n{text}");
+            }
+        }
+        // And nothing else: every classified failure lands on one of them.
+        use watcher::Error as W;
+        for e in [
+            W::WatchError(status(410)),
+            W::WatchError(status(404)),
+            W::WatchFailed(kube::Error::Api(status(503))),
+            W::WatchFailed(kube::Error::ReadEvents(std::io::Error::other("x"))),
+            W::NoResourceVersion,
+        ] {
+            assert!(REASONS.contains(&classify(&e)));
+        }
     }
 }

@@ -4,11 +4,13 @@
 
 pub mod discovery;
 pub mod index;
+pub mod replicas;
 pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -29,6 +31,10 @@ pub enum SetupError {
     OutputDir(PathBuf, #[source] std::io::Error),
     #[error("cannot write {0}: {1}")]
     Write(PathBuf, #[source] std::io::Error),
+    #[error(
+        "--statefulset {0:?} is not a valid StatefulSet name (lower-case letters, digits, '-', '.')"
+    )]
+    StatefulSetName(String),
 }
 
 /// Kubernetes mode settings, resolved.
@@ -36,6 +42,8 @@ pub enum SetupError {
 pub struct Settings {
     pub namespace: String,
     pub selector: Option<String>,
+    /// The StatefulSet whose replica count goes to `<output-dir>/replicas`.
+    pub statefulset: Option<String>,
     /// This pod's name, to mark it in `/peers`.
     pub pod_name: Option<String>,
     pub cluster_domain: String,
@@ -50,6 +58,10 @@ impl Settings {
 
     pub fn inetrc_path(&self) -> PathBuf {
         self.output_dir.join(resolver::INETRC_FILE)
+    }
+
+    pub fn replicas_path(&self) -> PathBuf {
+        self.output_dir.join(replicas::REPLICAS_FILE)
     }
 }
 
@@ -77,6 +89,8 @@ pub struct Discovery {
     pub table: watch::Receiver<PeerTable>,
     pub status: Arc<SyncStatus>,
     pub metrics: Arc<DiscoveryMetrics>,
+    /// The StatefulSet's desired replicas, when watched and known.
+    pub replicas: watch::Receiver<Option<u32>>,
 }
 
 /// Prepare the resolver files, then start the watch and the hosts file
@@ -84,6 +98,11 @@ pub struct Discovery {
 /// ready; the hosts file it names exists from here on (loopback only until
 /// the first list, or as a previous run left it).
 pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupError> {
+    if let Some(name) = &settings.statefulset
+        && !crate::peers::is_dns_name(name)
+    {
+        return Err(SetupError::StatefulSetName(name.clone()));
+    }
     let dir = &settings.output_dir;
     std::fs::create_dir_all(dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
     settings.output_dir = dir
@@ -97,6 +116,11 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
             .update(empty)
             .map_err(|e| SetupError::Write(hosts_path.clone(), e))?;
     }
+    // Removed at once: only this run's complete list may say how many
+    // replicas there are (see `replicas`).
+    let replicas_path = settings.replicas_path();
+    let replicas_file = replicas::ReplicasFile::open(replicas_path.clone())
+        .map_err(|e| SetupError::Write(replicas_path, e))?;
     let inetrc = settings.inetrc_path();
     resolver::replace_file(
         &inetrc,
@@ -109,15 +133,19 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
         hosts = %hosts_path.display(),
         namespace = %settings.namespace,
         selector = settings.selector.as_deref().unwrap_or(""),
+        statefulset = settings.statefulset.as_deref().unwrap_or(""),
         "resolver files in place; watching pods"
     );
 
     let settings = Arc::new(settings);
     let status = Arc::new(SyncStatus::default());
-    let metrics = Arc::new(DiscoveryMetrics::default());
+    let metrics = Arc::new(DiscoveryMetrics::new(
+        settings.statefulset.is_some(),
+        &discovery::REASONS,
+    ));
     let (table_tx, table_rx) = watch::channel(PeerTable::default());
 
-    let api: Api<Pod> = Api::namespaced(client, &settings.namespace);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
     let mut config = watcher::Config::default();
     if let Some(sel) = &settings.selector {
         config = config.labels(sel);
@@ -136,10 +164,22 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
         status.clone(),
         metrics.clone(),
     ));
+    let (replicas_tx, replicas_rx) = watch::channel(None);
+    if let Some(name) = &settings.statefulset {
+        let api: Api<StatefulSet> = Api::namespaced(client, &settings.namespace);
+        tokio::spawn(replicas::run(
+            api,
+            name.clone(),
+            replicas_file,
+            replicas_tx,
+            metrics.clone(),
+        ));
+    }
     Ok(Discovery {
         settings,
         table: table_rx,
         status,
         metrics,
+        replicas: replicas_rx,
     })
 }

@@ -64,6 +64,8 @@ pub struct Cluster {
     pub hub: Hub,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+    /// Arguments added to every kube-epmd started from now on.
+    pub sidecar_args: Vec<String>,
 }
 
 /// `ip` with whitespace around it, as a hosts file line holds it.
@@ -108,6 +110,7 @@ impl Cluster {
             hub,
             dir,
             kubeconfig,
+            sidecar_args: Vec::new(),
         };
         for _ in 0..n {
             c.add_pod_ns()?;
@@ -175,6 +178,7 @@ impl Cluster {
             .arg("--output-dir")
             .arg(&p.out_dir)
             .args(["--admin-addr", &format!("0.0.0.0:{ADMIN_PORT}")])
+            .args(&self.sidecar_args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info")

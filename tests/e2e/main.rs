@@ -14,6 +14,7 @@ mod support;
 mod cluster;
 mod ejabberd;
 mod erlang;
+mod lifecycle;
 mod mesh;
 mod netns;
 mod probe;

@@ -108,6 +108,14 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// SIGKILL every process inside (what the container runtime does at
+    /// the end of a pod's grace period); the namespace stays.
+    pub fn kill_all(&self) {
+        kill_inside(&self.name);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         destroy(&self.name);
@@ -128,6 +136,11 @@ fn pids_in(name: &str) -> Vec<i32> {
 /// Kill everything inside `name` (it is ours), then delete it. Bounded:
 /// processes get SIGKILL, and we wait at most ~2 s for them to go.
 fn destroy(name: &str) {
+    kill_inside(name);
+    let _ = ip(&["netns", "del", name]);
+}
+
+fn kill_inside(name: &str) {
     for round in 0..20 {
         let pids = pids_in(name);
         if pids.is_empty() {
@@ -143,7 +156,6 @@ fn destroy(name: &str) {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
-    let _ = ip(&["netns", "del", name]);
 }
 
 /// Remove namespaces left by earlier runs of this suite whose process is

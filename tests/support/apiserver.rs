@@ -1,14 +1,21 @@
-//! An in-process stand-in for kube-apiserver, serving Pods only, that the
-//! real kube-rs client talks to over plain HTTP on loopback.
+//! An in-process stand-in for kube-apiserver, serving Pods and apps/v1
+//! StatefulSets, that the real kube-rs client talks to over plain HTTP on
+//! loopback.
 //!
 //! What it reproduces, because the daemon's correctness depends on it:
-//! - LIST `/api/v1/pods` and `/api/v1/namespaces/{ns}/pods` with
-//!   `metadata.resourceVersion`, `labelSelector`, `limit`/`continue` paging
-//!   over a consistent snapshot;
+//! - LIST `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods` and the same
+//!   under `/apis/apps/v1/.../statefulsets`, with
+//!   `metadata.resourceVersion`, `labelSelector`, `fieldSelector`
+//!   (`metadata.name` and `metadata.namespace`, as every kind supports),
+//!   `limit`/`continue` paging over a consistent snapshot;
 //! - WATCH (`?watch=true`) as a chunked stream of newline-delimited
 //!   `WatchEvent` JSON: ADDED/MODIFIED/DELETED/BOOKMARK and ERROR (410
 //!   Expired), replaying history after the requested resourceVersion, with
 //!   label changes turned into ADDED/DELETED as the real watch cache does;
+//! - RBAC `resourceNames` on StatefulSets: when restricted, a LIST or
+//!   WATCH is allowed only with `fieldSelector=metadata.name=<allowed>`,
+//!   as kube-apiserver authorizes it; anything else is 403;
+//! - one resourceVersion sequence shared by every kind, as etcd's;
 //! - faults: 403 Forbidden with an RBAC `Status`, watch streams cut
 //!   mid-way, history compaction (410), and the whole server down
 //!   (connections refused) and back on the same address.
@@ -30,9 +37,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodIP, PodSpec, PodStatus};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodCondition, PodIP, PodSpec, PodStatus, PodTemplateSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    ListMeta, ManagedFieldsEntry, ObjectMeta, Status, StatusDetails, Time, WatchEvent,
+    LabelSelector, ListMeta, ManagedFieldsEntry, ObjectMeta, Status, StatusDetails, Time,
+    WatchEvent,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -53,9 +64,26 @@ enum Frame {
     Cut,
 }
 
-struct Watcher {
+/// What a LIST or WATCH asked for: namespace, labels, fields.
+#[derive(Clone)]
+struct Scope {
     namespace: Option<String>,
-    selector: Selector,
+    labels: Selector,
+    fields: FieldSelector,
+}
+
+impl Scope {
+    fn matches(&self, meta: &ObjectMeta) -> bool {
+        self.namespace
+            .as_ref()
+            .is_none_or(|n| meta.namespace.as_ref() == Some(n))
+            && self.labels.matches_meta(meta)
+            && self.fields.matches(meta)
+    }
+}
+
+struct Watcher {
+    scope: Scope,
     bookmarks: bool,
     tx: mpsc::UnboundedSender<Frame>,
 }
@@ -67,33 +95,145 @@ enum Kind {
     Deleted,
 }
 
-struct HistoryEntry {
+struct HistoryEntry<K> {
     rv: u64,
     kind: Kind,
     /// The object before the change (None for a creation).
-    old: Option<Pod>,
+    old: Option<K>,
     /// The object after the change (for DELETED: the last state, with the
     /// deletion's resourceVersion, as the real server sends it).
-    new: Pod,
+    new: K,
+}
+
+/// Every object of one kind, with its change history and open watches.
+struct Collection<K> {
+    objects: BTreeMap<Key, K>,
+    history: Vec<HistoryEntry<K>>,
+    watchers: Vec<Watcher>,
+    /// Snapshots behind outstanding `continue` tokens, by resourceVersion.
+    snapshots: BTreeMap<u64, Arc<BTreeMap<Key, K>>>,
+}
+
+impl<K> Default for Collection<K> {
+    fn default() -> Self {
+        Collection {
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            watchers: Vec::new(),
+            snapshots: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K> Collection<K> {
+    /// Send `frame` to every open watch and forget them.
+    fn end_watches(&mut self, frame: impl Fn() -> Frame) {
+        for w in self.watchers.drain(..) {
+            let _ = w.tx.send(frame());
+        }
+    }
+
+    fn open_watches(&mut self) -> usize {
+        self.watchers.retain(|w| !w.tx.is_closed());
+        self.watchers.len()
+    }
+}
+
+/// A kind this server stores: its collection inside [`Inner`], and what
+/// an RBAC message calls it.
+trait Stored:
+    k8s_openapi::Resource
+    + k8s_openapi::ListableResource
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + serde::Serialize
+    + Clone
+    + Default
+    + Send
+    + 'static
+{
+    fn collection(inner: &mut Inner) -> &mut Collection<Self>;
+
+    /// What kube-apiserver fills in on create (API defaulting).
+    fn set_defaults(&mut self) {}
+}
+
+impl Stored for Pod {
+    fn collection(inner: &mut Inner) -> &mut Collection<Pod> {
+        &mut inner.pods
+    }
+}
+
+impl Stored for StatefulSet {
+    fn collection(inner: &mut Inner) -> &mut Collection<StatefulSet> {
+        &mut inner.statefulsets
+    }
+
+    fn set_defaults(&mut self) {
+        let spec = &mut self.spec;
+        spec.replicas.get_or_insert(1);
+        spec.pod_management_policy
+            .get_or_insert_with(|| "OrderedReady".into());
+        spec.revision_history_limit.get_or_insert(10);
+    }
 }
 
 struct Inner {
-    pods: BTreeMap<Key, Pod>,
+    pods: Collection<Pod>,
+    statefulsets: Collection<StatefulSet>,
     rv: u64,
     /// Watches from a resourceVersion below this get 410 Expired.
     oldest_rv: u64,
-    history: Vec<HistoryEntry>,
-    watchers: Vec<Watcher>,
-    /// Snapshots behind outstanding `continue` tokens, by resourceVersion.
-    snapshots: BTreeMap<u64, Arc<BTreeMap<Key, Pod>>>,
     forbidden: bool,
+    /// RBAC `resourceNames` on statefulsets: Some(names) allows LIST and
+    /// WATCH only with `fieldSelector=metadata.name=<one of names>`.
+    statefulset_names: Option<Vec<String>>,
     next_uid: u64,
+}
+
+impl Inner {
+    fn each_collection(&mut self, mut f: impl FnMut(&mut dyn ErasedCollection)) {
+        f(&mut self.pods);
+        f(&mut self.statefulsets);
+    }
+}
+
+/// What the server does to all kinds at once (faults, compaction).
+trait ErasedCollection {
+    fn end_watches_with(&mut self, frame: &dyn Fn() -> Frame);
+    fn compact(&mut self);
+    fn close_all(&mut self);
+    fn open(&mut self) -> usize;
+    fn bookmark_all(&mut self, rv: u64);
+}
+
+impl<K: Stored> ErasedCollection for Collection<K> {
+    fn end_watches_with(&mut self, frame: &dyn Fn() -> Frame) {
+        self.end_watches(frame);
+    }
+    fn compact(&mut self) {
+        self.history.clear();
+        self.snapshots.clear();
+    }
+    fn close_all(&mut self) {
+        self.watchers.clear();
+    }
+    fn open(&mut self) -> usize {
+        self.open_watches()
+    }
+    fn bookmark_all(&mut self, rv: u64) {
+        let line = bookmark_line::<K>(rv);
+        for w in self.watchers.iter().filter(|w| w.bookmarks) {
+            let _ = w.tx.send(Frame::Line(line.clone()));
+        }
+    }
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     lists: AtomicUsize,
     watches: AtomicUsize,
+    /// LIST and WATCH requests for statefulsets (refused ones included).
+    statefulset_requests: AtomicUsize,
 }
 
 impl Shared {
@@ -143,19 +283,19 @@ impl TestApiServer {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                pods: BTreeMap::new(),
+                pods: Collection::default(),
+                statefulsets: Collection::default(),
                 // Real clusters never start at 0, and "0" means "any" to
                 // clients: start somewhere recognisable instead.
                 rv: 1000,
                 oldest_rv: 1000,
-                history: Vec::new(),
-                watchers: Vec::new(),
-                snapshots: BTreeMap::new(),
                 forbidden: false,
+                statefulset_names: None,
                 next_uid: 1,
             }),
             lists: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
+            statefulset_requests: AtomicUsize::new(0),
         });
         let conns = Arc::new(Mutex::new(Vec::new()));
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), conns.clone()));
@@ -218,66 +358,105 @@ impl TestApiServer {
 
     /// Create or replace a pod (ADDED or MODIFIED to watchers). The server
     /// assigns resourceVersion, and uid/creationTimestamp when missing.
-    pub fn upsert_pod(&self, mut pod: Pod) {
+    pub fn upsert_pod(&self, pod: Pod) {
+        self.upsert(pod);
+    }
+
+    /// Delete a pod (DELETED to watchers); unknown pods are ignored.
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        self.delete::<Pod>(namespace, name);
+    }
+
+    /// Create or replace a StatefulSet, with the API's defaults filled in
+    /// (`spec.replicas` 1 when absent), as [`TestApiServer::upsert_pod`].
+    pub fn upsert_statefulset(&self, sts: StatefulSet) {
+        self.upsert(sts);
+    }
+
+    /// Delete a StatefulSet; unknown ones are ignored.
+    pub fn delete_statefulset(&self, namespace: &str, name: &str) {
+        self.delete::<StatefulSet>(namespace, name);
+    }
+
+    /// RBAC with `resourceNames` on statefulsets: `Some(names)` forbids a
+    /// LIST or WATCH of statefulsets unless it carries
+    /// `fieldSelector=metadata.name=N` for one of `names`; `None` allows
+    /// every request (a role without resourceNames).
+    pub fn restrict_statefulsets_to(&self, names: Option<&[&str]>) {
+        self.shared.lock().statefulset_names =
+            names.map(|n| n.iter().map(|s| s.to_string()).collect());
+    }
+
+    fn upsert<K: Stored>(&self, mut obj: K) {
         let mut g = self.shared.lock();
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        assert!(!name.is_empty(), "upsert_pod: pod without metadata.name");
-        pod.metadata.namespace = Some(ns.clone());
+        obj.set_defaults();
+        let meta = obj.metadata_mut();
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = meta.name.clone().unwrap_or_default();
+        assert!(
+            !name.is_empty(),
+            "upsert of a {} without metadata.name",
+            K::KIND
+        );
+        meta.namespace = Some(ns.clone());
         g.rv += 1;
         let rv = g.rv;
-        pod.metadata.resource_version = Some(rv.to_string());
+        let mut next_uid = g.next_uid;
         let key = (ns, name);
-        let old = g.pods.get(&key).cloned();
+        let coll = K::collection(&mut g);
+        let old = coll.objects.get(&key).cloned();
+        let meta = obj.metadata_mut();
+        meta.resource_version = Some(rv.to_string());
         if let Some(o) = &old {
-            pod.metadata.uid = o.metadata.uid.clone();
-            pod.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
+            meta.uid = o.metadata().uid.clone();
+            meta.creation_timestamp = o.metadata().creation_timestamp.clone();
         }
-        if pod.metadata.uid.is_none() {
-            pod.metadata.uid = Some(format!("00000000-0000-4000-8000-{:012x}", g.next_uid));
-            g.next_uid += 1;
+        if meta.uid.is_none() {
+            meta.uid = Some(format!("00000000-0000-4000-8000-{next_uid:012x}"));
+            next_uid += 1;
         }
-        if pod.metadata.creation_timestamp.is_none() {
-            pod.metadata.creation_timestamp = Some(Time(now()));
+        if meta.creation_timestamp.is_none() {
+            meta.creation_timestamp = Some(Time(now()));
         }
         let kind = if old.is_some() {
             Kind::Modified
         } else {
             Kind::Added
         };
-        g.pods.insert(key, pod.clone());
+        coll.objects.insert(key, obj.clone());
         publish(
-            &mut g,
+            coll,
             HistoryEntry {
                 rv,
                 kind,
                 old,
-                new: pod,
+                new: obj,
             },
         );
+        g.next_uid = next_uid;
     }
 
-    /// Delete a pod (DELETED to watchers); unknown pods are ignored.
-    pub fn delete_pod(&self, namespace: &str, name: &str) {
+    fn delete<K: Stored>(&self, namespace: &str, name: &str) {
         let mut g = self.shared.lock();
-        let Some(mut pod) = g.pods.remove(&(namespace.to_string(), name.to_string())) else {
+        let key = (namespace.to_string(), name.to_string());
+        if !K::collection(&mut g).objects.contains_key(&key) {
             return;
-        };
+        }
         g.rv += 1;
         let rv = g.rv;
-        let old = pod.clone();
-        pod.metadata.resource_version = Some(rv.to_string());
+        let coll = K::collection(&mut g);
+        let Some(mut obj) = coll.objects.remove(&key) else {
+            return;
+        };
+        let old = obj.clone();
+        obj.metadata_mut().resource_version = Some(rv.to_string());
         publish(
-            &mut g,
+            coll,
             HistoryEntry {
                 rv,
                 kind: Kind::Deleted,
                 old: Some(old),
-                new: pod,
+                new: obj,
             },
         );
     }
@@ -289,9 +468,7 @@ impl TestApiServer {
         let mut g = self.shared.lock();
         g.forbidden = on;
         if on {
-            for w in g.watchers.drain(..) {
-                let _ = w.tx.send(Frame::Cut);
-            }
+            g.each_collection(|c| c.end_watches_with(&|| Frame::Cut));
         }
     }
 
@@ -302,7 +479,7 @@ impl TestApiServer {
         let mut net = self.net.lock().unwrap_or_else(|e| e.into_inner());
         if on {
             net.close();
-            self.shared.lock().watchers.clear();
+            self.shared.lock().each_collection(|c| c.close_all());
         } else if net.accept.is_none() {
             let _enter = self.runtime.enter();
             // std sets SO_REUSEADDR on Unix, so TIME_WAIT leftovers from
@@ -324,10 +501,9 @@ impl TestApiServer {
 
     /// Cut every open watch stream mid-body (no terminating chunk).
     pub fn drop_watches(&self) {
-        let mut g = self.shared.lock();
-        for w in g.watchers.drain(..) {
-            let _ = w.tx.send(Frame::Cut);
-        }
+        self.shared
+            .lock()
+            .each_collection(|c| c.end_watches_with(&|| Frame::Cut));
     }
 
     /// Compact the history: open watches get `ERROR` 410 Expired and end,
@@ -340,38 +516,45 @@ impl TestApiServer {
         g.rv += 1;
         let current = g.rv;
         g.oldest_rv = current;
-        g.history.clear();
-        g.snapshots.clear();
-        for w in g.watchers.drain(..) {
-            let _ = w.tx.send(Frame::Last(expired_line(current - 1, current)));
-        }
+        let line = expired_line(current - 1, current);
+        g.each_collection(|c| {
+            c.compact();
+            c.end_watches_with(&|| Frame::Last(line.clone()));
+        });
     }
 
     /// Send a BOOKMARK at the current resourceVersion to every open watch
     /// that asked for bookmarks.
     pub fn send_bookmarks(&self) {
-        let g = self.shared.lock();
-        let line = bookmark_line(g.rv);
-        for w in g.watchers.iter().filter(|w| w.bookmarks) {
-            let _ = w.tx.send(Frame::Line(line.clone()));
-        }
+        let mut g = self.shared.lock();
+        let rv = g.rv;
+        g.each_collection(|c| c.bookmark_all(rv));
     }
 
-    /// WATCH requests answered so far (including refused ones).
+    /// WATCH requests answered so far, of every kind (including refused
+    /// ones).
     pub fn watch_count(&self) -> usize {
         self.shared.watches.load(Ordering::SeqCst)
     }
 
-    /// LIST requests answered so far (each page counts).
+    /// LIST requests answered so far, of every kind (each page counts).
     pub fn list_count(&self) -> usize {
         self.shared.lists.load(Ordering::SeqCst)
     }
 
-    /// Watch streams currently open.
+    /// LIST and WATCH requests for statefulsets so far (refused included).
+    pub fn statefulset_requests(&self) -> usize {
+        self.shared.statefulset_requests.load(Ordering::SeqCst)
+    }
+
+    /// Pod watch streams currently open.
     pub fn open_watches(&self) -> usize {
-        let mut g = self.shared.lock();
-        g.watchers.retain(|w| !w.tx.is_closed());
-        g.watchers.len()
+        self.shared.lock().pods.open_watches()
+    }
+
+    /// StatefulSet watch streams currently open.
+    pub fn open_statefulset_watches(&self) -> usize {
+        self.shared.lock().statefulsets.open_watches()
     }
 
     /// The current resourceVersion.
@@ -437,32 +620,89 @@ pub fn pod(namespace: &str, name: &str, ips: &[&str], ready: bool, labels: &[(&s
     }
 }
 
+/// A StatefulSet as the deploy writes it (pods labelled `app=<name>`,
+/// headless service `service_name`), with `replicas` in its spec (None:
+/// left to the API's default of 1) and a status as the controller reports
+/// it once every replica is up.
+pub fn statefulset(
+    namespace: &str,
+    name: &str,
+    service_name: &str,
+    replicas: Option<i32>,
+) -> StatefulSet {
+    let labels: BTreeMap<String, String> = [("app".to_string(), name.to_string())].into();
+    let n = replicas.unwrap_or(1);
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            generation: Some(1),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                api_version: Some("apps/v1".into()),
+                fields_type: Some("FieldsV1".into()),
+                manager: Some("kubectl".into()),
+                operation: Some("Apply".into()),
+                time: Some(Time(now())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        spec: StatefulSetSpec {
+            replicas,
+            service_name: Some(service_name.into()),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("ejabberd:test".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        status: Some(StatefulSetStatus {
+            observed_generation: Some(1),
+            replicas: n,
+            ready_replicas: Some(n),
+            current_replicas: Some(n),
+            updated_replicas: Some(n),
+            available_replicas: Some(n),
+            ..Default::default()
+        }),
+    }
+}
+
 fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
 
 /// Record a change and tell every open watch that sees it.
-fn publish(g: &mut Inner, entry: HistoryEntry) {
-    g.watchers.retain(|w| !w.tx.is_closed());
-    for w in &g.watchers {
-        if let Some(line) = event_line_for(&entry, w.namespace.as_deref(), &w.selector) {
+fn publish<K: Stored>(c: &mut Collection<K>, entry: HistoryEntry<K>) {
+    c.watchers.retain(|w| !w.tx.is_closed());
+    for w in &c.watchers {
+        if let Some(line) = event_line_for(&entry, &w.scope) {
             let _ = w.tx.send(Frame::Line(line));
         }
     }
-    g.history.push(entry);
+    c.history.push(entry);
 }
 
 /// The event a watcher with this scope sees for `e`, if any: as in the
 /// real watch cache, an object entering the selector is ADDED, one leaving
 /// it is DELETED.
-fn event_line_for(e: &HistoryEntry, ns: Option<&str>, sel: &Selector) -> Option<Bytes> {
-    if let Some(ns) = ns
-        && e.new.metadata.namespace.as_deref() != Some(ns)
-    {
-        return None;
-    }
-    let was = e.old.as_ref().is_some_and(|o| sel.matches(o));
-    let is = sel.matches(&e.new);
+fn event_line_for<K: Stored>(e: &HistoryEntry<K>, scope: &Scope) -> Option<Bytes> {
+    let was = e.old.as_ref().is_some_and(|o| scope.matches(o.metadata()));
+    let is = scope.matches(e.new.metadata());
     let ev = match (e.kind, was, is) {
         (Kind::Deleted, true, _) => WatchEvent::Deleted(e.new.clone()),
         (Kind::Deleted, false, _) => return None,
@@ -482,14 +722,11 @@ fn json_line<T: serde::Serialize>(v: &T) -> Bytes {
 
 /// A BOOKMARK as kube-apiserver sends it: an object with only kind,
 /// apiVersion and metadata.resourceVersion.
-fn bookmark_line(rv: u64) -> Bytes {
-    let object = Pod {
-        metadata: ObjectMeta {
-            resource_version: Some(rv.to_string()),
-            ..Default::default()
-        },
-        spec: None,
-        status: None,
+fn bookmark_line<K: Stored>(rv: u64) -> Bytes {
+    let mut object = K::default();
+    *object.metadata_mut() = ObjectMeta {
+        resource_version: Some(rv.to_string()),
+        ..Default::default()
     };
     json_line(&serde_json::json!({ "type": "BOOKMARK", "object": object }))
 }
@@ -538,8 +775,13 @@ async fn accept_loop(
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 ) {
     let app = Router::new()
-        .route("/api/v1/pods", get(all_pods))
-        .route("/api/v1/namespaces/{ns}/pods", get(ns_pods))
+        .route("/api/v1/pods", get(all_of::<Pod>))
+        .route("/api/v1/namespaces/{ns}/pods", get(in_namespace::<Pod>))
+        .route("/apis/apps/v1/statefulsets", get(all_of::<StatefulSet>))
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets",
+            get(in_namespace::<StatefulSet>),
+        )
         .fallback(not_found)
         .with_state(shared);
     loop {
@@ -568,22 +810,54 @@ async fn not_found() -> Response {
     )
 }
 
-async fn all_pods(
+async fn all_of<K: Stored>(
     AxState(shared): AxState<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    serve(shared, None, q).await
+    serve::<K>(shared, None, q).await
 }
 
-async fn ns_pods(
+async fn in_namespace<K: Stored>(
     AxState(shared): AxState<Arc<Shared>>,
     UrlPath(ns): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    serve(shared, Some(ns), q).await
+    serve::<K>(shared, Some(ns), q).await
 }
 
-async fn serve(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, String>) -> Response {
+/// The 403 kube-apiserver's RBAC authorizer answers, with its wording.
+fn forbidden<K: Stored>(verb: &str, ns: Option<&str>) -> Response {
+    let resource = K::URL_PATH_SEGMENT;
+    let qualified = if K::GROUP.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{}", K::GROUP)
+    };
+    let scope = match ns {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".into(),
+    };
+    status_response(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "{qualified} is forbidden: User \"system:serviceaccount:test:kube-epmd\" \
+             cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}",
+            group = K::GROUP
+        ),
+        Some(StatusDetails {
+            group: (!K::GROUP.is_empty()).then(|| K::GROUP.to_string()),
+            kind: Some(resource.into()),
+            ..Default::default()
+        }),
+    )
+}
+
+async fn serve<K: Stored>(
+    shared: Arc<Shared>,
+    ns: Option<String>,
+    q: HashMap<String, String>,
+) -> Response {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = if watch { "watch" } else { "list" };
     if watch {
@@ -591,35 +865,43 @@ async fn serve(shared: Arc<Shared>, ns: Option<String>, q: HashMap<String, Strin
     } else {
         shared.lists.fetch_add(1, Ordering::SeqCst);
     }
-    if shared.lock().forbidden {
-        let scope = match &ns {
-            Some(ns) => format!("in the namespace \"{ns}\""),
-            None => "at the cluster scope".into(),
+    if K::URL_PATH_SEGMENT == "statefulsets" {
+        shared.statefulset_requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let fields =
+        match FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or("")) {
+            Ok(f) => f,
+            Err(e) => return bad_request(e),
         };
-        return status_response(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "pods is forbidden: User \"system:serviceaccount:test:kube-epmd\" \
-                 cannot {verb} resource \"pods\" in API group \"\" {scope}"
-            ),
-            Some(StatusDetails {
-                kind: Some("pods".into()),
-                ..Default::default()
-            }),
-        );
+    {
+        let g = shared.lock();
+        if g.forbidden {
+            return forbidden::<K>(verb, ns.as_deref());
+        }
+        // RBAC authorizes a LIST/WATCH against resourceNames only through
+        // a single `metadata.name=` field selector.
+        if K::URL_PATH_SEGMENT == "statefulsets"
+            && let Some(names) = &g.statefulset_names
+            && !fields
+                .single_name()
+                .is_some_and(|n| names.iter().any(|a| a == n))
+        {
+            return forbidden::<K>(verb, ns.as_deref());
+        }
     }
-    if q.get("fieldSelector").is_some_and(|f| !f.is_empty()) {
-        return bad_request("fieldSelector is not supported by the test API server".into());
-    }
-    let selector = match Selector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")) {
+    let labels = match Selector::parse(q.get("labelSelector").map(String::as_str).unwrap_or("")) {
         Ok(s) => s,
         Err(e) => return bad_request(format!("unable to parse requirement: {e}")),
     };
+    let scope = Scope {
+        namespace: ns,
+        labels,
+        fields,
+    };
     if watch {
-        start_watch(&shared, ns, selector, &q)
+        start_watch::<K>(&shared, scope, &q)
     } else {
-        list(&shared, ns, selector, &q)
+        list::<K>(&shared, scope, &q)
     }
 }
 
@@ -627,12 +909,7 @@ fn bad_request(message: String) -> Response {
     status_response(StatusCode::BAD_REQUEST, "BadRequest", message, None)
 }
 
-fn list(
-    shared: &Shared,
-    ns: Option<String>,
-    sel: Selector,
-    q: &HashMap<String, String>,
-) -> Response {
+fn list<K: Stored>(shared: &Shared, scope: Scope, q: &HashMap<String, String>) -> Response {
     let mut g = shared.lock();
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => None,
@@ -640,6 +917,8 @@ fn list(
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return bad_request("limit must be a non-negative integer".into()),
     };
+    let current = g.rv;
+    let coll = K::collection(&mut g);
     // A continue token names the snapshot's resourceVersion and the last
     // key served: "<rv>/<namespace>/<name>".
     let (rv, snapshot, after) = match q.get("continue").filter(|c| !c.is_empty()) {
@@ -652,7 +931,7 @@ fn list(
             let Ok(rv) = rv.parse::<u64>() else {
                 return bad_request(format!("continue key is not valid: {token:?}"));
             };
-            let Some(snap) = g.snapshots.get(&rv).cloned() else {
+            let Some(snap) = coll.snapshots.get(&rv).cloned() else {
                 return status_response(
                     StatusCode::GONE,
                     "Expired",
@@ -665,12 +944,11 @@ fn list(
             (rv, snap, Some((kns.to_string(), kname.to_string())))
         }
         None => {
-            let rv = g.rv;
-            let snap = match g.snapshots.get(&rv) {
+            let snap = match coll.snapshots.get(&current) {
                 Some(s) => s.clone(),
-                None => Arc::new(g.pods.clone()),
+                None => Arc::new(coll.objects.clone()),
             };
-            (rv, snap, None)
+            (current, snap, None)
         }
     };
     let mut items = Vec::new();
@@ -682,29 +960,29 @@ fn list(
         }
         None => snapshot.range::<Key, _>(..),
     };
-    for (key, pod) in range {
-        if ns.as_ref().is_some_and(|n| n != &key.0) || !sel.matches(pod) {
+    for (key, obj) in range {
+        if !scope.matches(obj.metadata()) {
             continue;
         }
         if limit.is_some_and(|l| items.len() >= l) {
             more = true;
             break;
         }
-        items.push(pod.clone());
+        items.push(obj.clone());
         last_key = Some(key.clone());
     }
     let continue_ = match (more, last_key) {
         (true, Some((kns, kname))) => {
-            g.snapshots.insert(rv, snapshot.clone());
-            while g.snapshots.len() > PAGE_SNAPSHOTS_KEPT {
-                g.snapshots.pop_first();
+            coll.snapshots.insert(rv, snapshot.clone());
+            while coll.snapshots.len() > PAGE_SNAPSHOTS_KEPT {
+                coll.snapshots.pop_first();
             }
             Some(format!("{rv}/{kns}/{kname}"))
         }
         _ => None,
     };
     drop(g);
-    let list = k8s_openapi::List::<Pod> {
+    let list = k8s_openapi::List::<K> {
         items,
         metadata: ListMeta {
             resource_version: Some(rv.to_string()),
@@ -712,7 +990,7 @@ fn list(
             ..Default::default()
         },
     };
-    let mut value = serde_json::to_value(&list).expect("PodList serializes");
+    let mut value = serde_json::to_value(&list).expect("lists serialize");
     // kube-apiserver does not repeat kind/apiVersion on list items.
     if let Some(items) = value.get_mut("items").and_then(|i| i.as_array_mut()) {
         for item in items {
@@ -734,12 +1012,7 @@ fn list(
         .into_response()
 }
 
-fn start_watch(
-    shared: &Shared,
-    ns: Option<String>,
-    selector: Selector,
-    q: &HashMap<String, String>,
-) -> Response {
+fn start_watch<K: Stored>(shared: &Shared, scope: Scope, q: &HashMap<String, String>) -> Response {
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let timeout = match q.get("timeoutSeconds").map(|t| t.parse::<u64>()) {
         None => None,
@@ -756,43 +1029,40 @@ fn start_watch(
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut g = shared.lock();
+        let (current, oldest) = (g.rv, g.oldest_rv);
+        let coll = K::collection(&mut g);
         match from {
             // No version: the current state as synthetic ADDED events.
             None => {
-                for pod in g.pods.values() {
-                    if ns
-                        .as_ref()
-                        .is_none_or(|n| pod.metadata.namespace.as_ref() == Some(n))
-                        && selector.matches(pod)
-                    {
-                        let _ = tx.send(Frame::Line(json_line(&WatchEvent::Added(pod.clone()))));
+                for obj in coll.objects.values() {
+                    if scope.matches(obj.metadata()) {
+                        let _ = tx.send(Frame::Line(json_line(&WatchEvent::Added(obj.clone()))));
                     }
                 }
             }
-            Some(rv) if rv < g.oldest_rv => {
+            Some(rv) if rv < oldest => {
                 // As kube-apiserver: a 200 stream carrying one ERROR event.
-                let _ = tx.send(Frame::Last(expired_line(rv, g.oldest_rv)));
+                let _ = tx.send(Frame::Last(expired_line(rv, oldest)));
                 return stream_response(rx, None);
             }
-            Some(rv) if rv > g.rv => {
+            Some(rv) if rv > current => {
                 return status_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "Timeout",
-                    format!("Too large resource version: {rv}, current: {}", g.rv),
+                    format!("Too large resource version: {rv}, current: {current}"),
                     None,
                 );
             }
             Some(rv) => {
-                for e in g.history.iter().filter(|e| e.rv > rv) {
-                    if let Some(line) = event_line_for(e, ns.as_deref(), &selector) {
+                for e in coll.history.iter().filter(|e| e.rv > rv) {
+                    if let Some(line) = event_line_for(e, &scope) {
                         let _ = tx.send(Frame::Line(line));
                     }
                 }
             }
         }
-        g.watchers.push(Watcher {
-            namespace: ns,
-            selector,
+        coll.watchers.push(Watcher {
+            scope,
             bookmarks,
             tx,
         });
@@ -829,6 +1099,63 @@ fn stream_response(rx: mpsc::UnboundedReceiver<Frame>, timeout: Option<Duration>
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A field selector as every kind supports it: `metadata.name` and
+/// `metadata.namespace` with `=`, `==` or `!=`, comma-separated (ANDed).
+/// Other fields are refused as kube-apiserver refuses an unknown label.
+#[derive(Debug, Clone, Default)]
+struct FieldSelector(Vec<(FieldKey, bool, String)>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKey {
+    Name,
+    Namespace,
+}
+
+impl FieldSelector {
+    fn parse(s: &str) -> Result<FieldSelector, String> {
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
+            };
+            let key = match field.trim() {
+                "metadata.name" => FieldKey::Name,
+                "metadata.namespace" => FieldKey::Namespace,
+                other => return Err(format!("field label not supported: {other}")),
+            };
+            reqs.push((key, equal, value.trim().to_string()));
+        }
+        Ok(FieldSelector(reqs))
+    }
+
+    fn matches(&self, meta: &ObjectMeta) -> bool {
+        self.0.iter().all(|(key, equal, value)| {
+            let actual = match key {
+                FieldKey::Name => meta.name.as_deref(),
+                FieldKey::Namespace => meta.namespace.as_deref(),
+            };
+            (actual == Some(value.as_str())) == *equal
+        })
+    }
+
+    /// The name if this selector is exactly one `metadata.name=` (what the
+    /// RBAC authorizer accepts in place of a GET by name).
+    fn single_name(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [(FieldKey::Name, true, name)] => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// Selector requirements as kube-apiserver parses them (equality and set
@@ -875,8 +1202,12 @@ impl Selector {
     }
 
     pub fn matches(&self, pod: &Pod) -> bool {
+        self.matches_meta(&pod.metadata)
+    }
+
+    pub fn matches_meta(&self, meta: &ObjectMeta) -> bool {
         let empty = BTreeMap::new();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
         self.0.iter().all(|r| match r {
             Req::Eq(k, v) => labels.get(k) == Some(v),
             Req::Ne(k, v) => labels.get(k) != Some(v),

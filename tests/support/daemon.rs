@@ -104,6 +104,7 @@ impl Daemon {
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
             .env_remove("KUBE_EPMD_SELECTOR")
+            .env_remove("KUBE_EPMD_STATEFULSET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -133,6 +134,15 @@ impl Daemon {
 
     pub fn inetrc_path(&self) -> PathBuf {
         self.out_dir().join("inetrc")
+    }
+
+    pub fn replicas_path(&self) -> PathBuf {
+        self.out_dir().join("replicas")
+    }
+
+    /// The replicas file's text; None while it does not exist.
+    pub fn replicas(&self) -> Option<String> {
+        std::fs::read_to_string(self.replicas_path()).ok()
     }
 
     /// The hosts file without its comment line ("" if missing).

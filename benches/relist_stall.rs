@@ -1,0 +1,165 @@
+//! Does Kubernetes work delay EPMD answers? The real binary in Kubernetes
+//! mode watches 10 000 pods on the in-tree test API server; a client
+//! thread asks PORT_PLEASE2 for a registered node back to back, one
+//! connection per request as `erl` does, and records each answer's latency
+//! (connect → reply and close). Two phases:
+//! - `idle`: the watch is quiet;
+//! - `relist`: the API server expires the watch (410 Gone) again and
+//!   again, so the daemon re-lists and decodes every pod each time (and a
+//!   changed pod makes it re-render and replace the hosts file).
+//!
+//! `cargo bench --bench relist_stall` runs 10 000 pods and 10 re-lists;
+//! `-- PODS RELISTS` overrides. Under `cargo test --benches` it runs a
+//! small smoke pass.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use support::apiserver::{TestApiServer, pod};
+use support::daemon::Daemon;
+
+const SVC: &str = "xmpp-internal-svc";
+const NODE: &[u8] = b"ejabberd";
+
+fn sts_pod(i: usize, ip: &str) -> Pod {
+    let name = format!("chat-{i}");
+    let mut p = pod("chat", &name, &[ip], true, &[("app", "xmpp")]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.hostname = Some(name);
+    spec.subdomain = Some(SVC.into());
+    p
+}
+
+fn ip_of(i: usize) -> String {
+    format!("10.0.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// One PORT_PLEASE2 on a fresh connection; the reply must say "found".
+fn port_please(addr: SocketAddr) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect to kube-epmd");
+    s.set_nodelay(true).ok();
+    s.write_all(&support::epmd::port_please(NODE))
+        .expect("send PORT_PLEASE2");
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("read PORT2_RESP");
+    let took = start.elapsed();
+    assert!(
+        reply.len() > 2 && reply[0] == b'w' && reply[1] == 0,
+        "PORT2_RESP is not a hit: {reply:?}"
+    );
+    took
+}
+
+/// Ask until `stop`, returning every latency.
+fn client(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let mut lat = Vec::with_capacity(100_000);
+        while !stop.load(Ordering::Relaxed) {
+            lat.push(port_please(addr));
+        }
+        lat
+    })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn report(phase: &str, mut lat: Vec<Duration>) {
+    lat.sort();
+    println!(
+        "{phase:>7} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    );
+}
+
+fn main() {
+    let nums: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let full = std::env::args().any(|a| a == "--bench");
+    let (pods, relists) = match nums.as_slice() {
+        [p, r, ..] => (*p, *r),
+        _ if full => (10_000, 10),
+        _ => (200, 2),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt
+        .block_on(TestApiServer::start("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    for i in 0..pods {
+        api.upsert_pod(sts_pod(i, &ip_of(i)));
+    }
+    let mut d = Daemon::start_full(&api, "chat", None, &["--selector", "app=xmpp"], "warn");
+    rt.block_on(d.wait_ready(Duration::from_secs(120)));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, d.epmd_port));
+    // The node whose port is asked for, registered for the whole run.
+    let (_node, reg) =
+        support::epmd::exchange_keep(d.epmd_port, &support::epmd::alive2(NODE, 4200, 6, b""));
+    assert_eq!(reg.bytes.get(..2), Some(&[b'v', 0][..]), "ALIVE2 refused");
+    let wait_watch = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while api.open_watches() != 1 {
+            assert!(Instant::now() < deadline, "{what}:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_watch("no watch after the first list");
+
+    println!("{pods} pods, {relists} re-lists (latency of PORT_PLEASE2 in ms)");
+    println!(
+        "{:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "phase", "requests", "p50", "p99", "p99.9", "max"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = client(addr, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    report("idle", c.join().unwrap());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = client(addr, stop.clone());
+    let lists = api.list_count();
+    let started = Instant::now();
+    for n in 0..relists {
+        // A change the re-list brings in, so the hosts file is rewritten.
+        api.upsert_pod(sts_pod(
+            n % pods.max(1),
+            &format!("172.16.0.{}", n % 250 + 1),
+        ));
+        api.expire_watches();
+        wait_watch("no watch after a re-list");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    report("relist", c.join().unwrap());
+    println!(
+        "{} LIST pages in {:.1} s; daemon running: {}",
+        api.list_count() - lists,
+        took.as_secs_f64(),
+        d.running()
+    );
+    assert!(d.running(), "{}", d.log());
+}

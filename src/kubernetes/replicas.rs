@@ -1,0 +1,282 @@
+//! The desired replica count of one StatefulSet (`--statefulset NAME`),
+//! published as `<output-dir>/replicas` for the cluster entrypoint, which
+//! uses it to tell a pod removed by a scale-down from one that is only
+//! restarting.
+//!
+//! The watch names the StatefulSet with the field selector
+//! `metadata.name=NAME`: Kubernetes authorizes a list or watch against a
+//! role's `resourceNames` only when the request carries exactly that
+//! selector, so RBAC can grant this one object and nothing else.
+//!
+//! The file holds `spec.replicas` (1 when absent, as the API defaults it)
+//! in ASCII decimal and a newline. It is replaced by rename, and only when
+//! the value changes. It does not exist until a complete list has seen
+//! the StatefulSet in this run (a file left by a previous run is removed
+//! at start: the count may have changed meanwhile, and a consumer reads
+//! "no file" as "unknown, remove nobody"); it is removed when the
+//! StatefulSet is deleted; on API errors the last value stays.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::Api;
+use kube::runtime::utils::Backoff as _;
+use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::discovery::classify;
+use crate::metrics::DiscoveryMetrics;
+use crate::resolver::replace_file;
+
+pub const REPLICAS_FILE: &str = "replicas";
+
+/// Longest pause between attempts, should the backoff ever end.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Pause before retrying a failed file write.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+/// `spec.replicas`, defaulted as the API server defaults it.
+pub fn desired_replicas(sts: &StatefulSet) -> u32 {
+    // The API rejects a negative count; a corrupt one reads as 0 rather
+    // than wrapping.
+    sts.spec.replicas.unwrap_or(1).max(0) as u32
+}
+
+/// Turns watcher events for one StatefulSet into "the count is now known
+/// to be N / known to be absent". A (re-)list is buffered until
+/// `InitDone`, so a StatefulSet deleted while the watch was down reads as
+/// gone only once a complete list has shown it.
+#[derive(Debug)]
+pub struct ReplicaTracker {
+    name: String,
+    relist: Option<Option<u32>>,
+}
+
+impl ReplicaTracker {
+    pub fn new(name: &str) -> ReplicaTracker {
+        ReplicaTracker {
+            name: name.to_string(),
+            relist: None,
+        }
+    }
+
+    /// The count this event establishes: `None` while a list is still
+    /// being read, `Some(None)` when the StatefulSet does not exist.
+    pub fn apply(&mut self, event: &Event<StatefulSet>) -> Option<Option<u32>> {
+        let ours = |sts: &StatefulSet| sts.metadata.name.as_deref() == Some(self.name.as_str());
+        match event {
+            Event::Init => {
+                self.relist = Some(None);
+                None
+            }
+            Event::InitApply(sts) => {
+                if ours(sts) {
+                    self.relist = Some(Some(desired_replicas(sts)));
+                }
+                None
+            }
+            Event::InitDone => Some(self.relist.take().flatten()),
+            // The field selector lets through nothing else; an object of
+            // another name would be a server bug, not a reason to act.
+            Event::Apply(sts) if ours(sts) => Some(Some(desired_replicas(sts))),
+            Event::Delete(sts) if ours(sts) => Some(None),
+            Event::Apply(_) | Event::Delete(_) => None,
+        }
+    }
+}
+
+/// `<output-dir>/replicas`, written only when the value changes.
+#[derive(Debug)]
+pub struct ReplicasFile {
+    path: PathBuf,
+    /// What is on disk now (None: no file).
+    on_disk: Option<u32>,
+}
+
+impl ReplicasFile {
+    /// Take charge of `path`, removing what a previous run left there.
+    pub fn open(path: PathBuf) -> io::Result<ReplicasFile> {
+        remove_if_present(&path)?;
+        Ok(ReplicasFile {
+            path,
+            on_disk: None,
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Make the file say `value` (None: remove it). Returns whether the
+    /// disk changed.
+    pub fn set(&mut self, value: Option<u32>) -> io::Result<bool> {
+        if self.on_disk == value {
+            return Ok(false);
+        }
+        match value {
+            Some(n) => replace_file(&self.path, format!("{n}\n").as_bytes(), None)?,
+            None => remove_if_present(&self.path)?,
+        }
+        self.on_disk = value;
+        Ok(true)
+    }
+}
+
+fn remove_if_present(path: &std::path::Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Watch the StatefulSet and keep the file, `known` and the gauge in step.
+/// After any error the watch starts afresh (after kube-rs's backoff) and
+/// re-lists, as the pod watch does; the file keeps its value meanwhile.
+pub async fn run(
+    api: Api<StatefulSet>,
+    name: String,
+    mut file: ReplicasFile,
+    known: watch::Sender<Option<u32>>,
+    metrics: Arc<DiscoveryMetrics>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut tracker = ReplicaTracker::new(&name);
+    let mut backoff = DefaultBackoff::default();
+    // A value the file could not take yet.
+    let mut pending: Option<Option<u32>> = None;
+    loop {
+        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+        let error = loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = tokio::time::sleep(WRITE_RETRY), if pending.is_some() => {
+                    if let Some(value) = pending.take() {
+                        pending = write(&mut file, value, &metrics);
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(event)) => {
+                    if matches!(event, Event::InitDone) {
+                        backoff.reset();
+                    }
+                    let Some(value) = tracker.apply(&event) else {
+                        continue;
+                    };
+                    if *known.borrow() != value {
+                        match value {
+                            Some(n) => {
+                                info!(statefulset = %name, replicas = n, "desired replica count")
+                            }
+                            None => {
+                                info!(statefulset = %name, "StatefulSet not found; replica count unknown")
+                            }
+                        }
+                    }
+                    known.send_if_modified(|k| std::mem::replace(k, value) != value);
+                    metrics
+                        .statefulset_replicas
+                        .set(value.map_or(-1, i64::from));
+                    pending = write(&mut file, value, &metrics);
+                }
+                Some(Err(e)) => break e,
+                // The watcher stream does not end; should it, start again
+                // rather than spin.
+                None => {
+                    debug!(statefulset = %name, "StatefulSet watch ended; restarting");
+                    break watcher::Error::NoResourceVersion;
+                }
+            }
+        };
+        let reason = classify(&error);
+        metrics.statefulset_watch_error(reason);
+        warn!(
+            statefulset = %name, %error, reason,
+            "StatefulSet watch failing; keeping the last replica count"
+        );
+        let pause = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Write `value`; on failure return it, to be retried.
+fn write(
+    file: &mut ReplicasFile,
+    value: Option<u32>,
+    metrics: &DiscoveryMetrics,
+) -> Option<Option<u32>> {
+    match file.set(value) {
+        Ok(changed) => {
+            if changed {
+                debug!(path = %file.path().display(), ?value, "replicas file updated");
+            }
+            None
+        }
+        Err(e) => {
+            metrics.replicas_file_write_errors.inc();
+            error!(path = %file.path().display(), error = %e, "cannot write the replicas file; retrying");
+            Some(value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sts(name: &str, replicas: Option<i32>) -> StatefulSet {
+        let mut s = StatefulSet::default();
+        s.metadata.name = Some(name.into());
+        s.spec.replicas = replicas;
+        s
+    }
+
+    #[test]
+    fn absent_replicas_default_to_one() {
+        assert_eq!(desired_replicas(&sts("chat", None)), 1);
+        assert_eq!(desired_replicas(&sts("chat", Some(0))), 0);
+        assert_eq!(desired_replicas(&sts("chat", Some(5))), 5);
+        assert_eq!(desired_replicas(&sts("chat", Some(-3))), 0);
+    }
+
+    #[test]
+    fn known_only_after_a_complete_list() {
+        let mut t = ReplicaTracker::new("chat");
+        assert_eq!(t.apply(&Event::Init), None);
+        assert_eq!(t.apply(&Event::InitApply(sts("chat", Some(3)))), None);
+        assert_eq!(t.apply(&Event::InitDone), Some(Some(3)));
+        assert_eq!(t.apply(&Event::Apply(sts("chat", Some(2)))), Some(Some(2)));
+        assert_eq!(t.apply(&Event::Apply(sts("other", Some(9)))), None);
+        assert_eq!(t.apply(&Event::Delete(sts("chat", Some(2)))), Some(None));
+        // A re-list that does not contain it: gone.
+        t.apply(&Event::Init);
+        assert_eq!(t.apply(&Event::InitDone), Some(None));
+    }
+
+    #[test]
+    fn file_is_replaced_only_on_change_and_removed_when_unknown() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(REPLICAS_FILE);
+        std::fs::write(&path, "7\n").unwrap();
+        let mut f = ReplicasFile::open(path.clone()).unwrap();
+        assert!(!path.exists(), "a previous run's value is not trusted");
+        assert!(!f.set(None).unwrap());
+        assert!(f.set(Some(3)).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "3\n");
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        assert!(!f.set(Some(3)).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "untouched");
+        assert!(f.set(Some(2)).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "2\n");
+        assert!(f.set(None).unwrap());
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

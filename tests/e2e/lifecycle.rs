@@ -1,0 +1,960 @@
+//! Issue 10: the ejabberd cluster through every lifecycle event, with no
+//! human step. The test plays the StatefulSet controller as deploy/
+//! configures it (`podManagementPolicy: Parallel`, `RollingUpdate`,
+//! `whenScaled: Delete`): pods `chat-N` are network namespaces with
+//! kube-epmd (Kubernetes mode, fed by the in-tree API server) and Debian's
+//! ejabberd started by deploy/base/ejabberd/cluster-entrypoint.sh under
+//! BusyBox sh, with the deploy's own ejabberd.yml and ejabberdctl.cfg.
+//! A pod's database directory is its volume: it survives the pod unless
+//! the event loses it; its /tmp is an emptyDir, new for every pod.
+//!
+//! One cluster goes through the events in sequence (start-up is the
+//! slowest part, so it is shared): parallel first start in reversed order,
+//! one pod deleted, all deleted at once, all stopped one after another with
+//! a user registered after chat-0 stopped, a rolling update, a lost volume,
+//! scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
+//! exactly the expected nodes, the schema (Mnesia `db_nodes`, read by an
+//! independent `erl` probe) too, and users registered before exist.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Child;
+
+use crate::cluster::{Cluster, K8S_NS, SUBDOMAIN, pod_name, set_mode};
+use crate::support::apiserver::statefulset;
+use crate::{report, run};
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/base/ejabberd/cluster-entrypoint.sh"
+);
+const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/ejabberd");
+const COOKIE: &str = "kube_epmd_lifecycle";
+const DOMAIN: &str = "localhost";
+/// The issue's target for "all pods recreated -> every node in every
+/// list_cluster"; used as the bound of the waits, not as a timed assertion.
+const FULL_LIMIT: Duration = Duration::from_secs(180);
+
+fn node(k: usize) -> String {
+    format!("ejabberd@{}.{SUBDOMAIN}", pod_name(k))
+}
+
+fn ids() -> Result<(u32, u32), String> {
+    let id = |flag: &str| -> Result<u32, String> {
+        let out = std::process::Command::new("id")
+            .args([flag, "ejabberd"])
+            .output()
+            .map_err(|e| format!("id: {e}"))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| "no `ejabberd` user: is Debian's ejabberd package installed?".to_string())
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+fn busybox() -> Result<PathBuf, String> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            "busybox is not installed: the entrypoint runs under BusyBox sh in the image".into()
+        })
+}
+
+fn sh(cmd: &str) -> Result<(), String> {
+    let st = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd}: {st}"))
+    }
+}
+
+/// The ejabberd container of one pod slot.
+struct Container {
+    conf: PathBuf,
+    spool: PathBuf,
+    logs: PathBuf,
+    tmp: PathBuf,
+    log: PathBuf,
+    script: Option<Child>,
+}
+
+/// The StatefulSet `chat` as the controller runs it, over a test cluster.
+struct Chat {
+    c: Cluster,
+    pods: Vec<Container>,
+    home: PathBuf,
+    uid: u32,
+    gid: u32,
+    busybox: PathBuf,
+    /// StatefulSet object published to the API server (`spec.replicas`).
+    replicas: i32,
+}
+
+impl Chat {
+    async fn new(n: usize) -> Result<Chat, String> {
+        if !Path::new("/usr/sbin/ejabberdctl").exists() {
+            return Err("needs Debian's ejabberd package (/usr/sbin/ejabberdctl)".into());
+        }
+        let busybox = busybox()?;
+        let (uid, gid) = ids()?;
+        let mut c = Cluster::new("lc", n).await?;
+        // As deploy/: kube-epmd reads the StatefulSet by name, and RBAC
+        // allows nothing else (resourceNames: [chat]).
+        c.sidecar_args = vec!["--statefulset".into(), "chat".into()];
+        c.api.restrict_statefulsets_to(Some(&["chat"]));
+        let home = c.path("home");
+        std::fs::create_dir_all(&home).map_err(|e| format!("{e}"))?;
+        let cookie = home.join(".erlang.cookie");
+        std::fs::write(&cookie, COOKIE).map_err(|e| format!("{e}"))?;
+        std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| format!("{e}"))?;
+        let pem = c.path("server.pem");
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-batch", "-nodes", "-newkey", "rsa:2048"])
+            .args(["-days", "2", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&pem)
+            .arg("-out")
+            .arg(&pem)
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !out.success() {
+            return Err("openssl could not make a certificate".into());
+        }
+        let mut chat = Chat {
+            c,
+            pods: Vec::new(),
+            home,
+            uid,
+            gid,
+            busybox,
+            replicas: n as i32,
+        };
+        for k in 0..n {
+            chat.add_slot(k, &pem)?;
+        }
+        chat.publish_statefulset();
+        let root = chat.c.dir.path().to_path_buf();
+        sh(&format!(
+            "chown -R {uid}:{gid} {}",
+            root.join("home").display()
+        ))?;
+        sh(&format!("chown {uid}:{gid} {}", pem.display()))?;
+        Ok(chat)
+    }
+
+    fn add_slot(&mut self, k: usize, pem: &Path) -> Result<(), String> {
+        if k >= self.c.pods.len() {
+            self.c.add_pod_ns()?;
+        }
+        let root = self.c.path(&format!("pod{k}/ejabberd"));
+        let ct = Container {
+            conf: root.join("conf"),
+            spool: root.join("database"),
+            logs: root.join("logs"),
+            tmp: root.join("tmp"),
+            log: root.join("entrypoint.log"),
+            script: None,
+        };
+        for d in [&ct.conf, &ct.spool, &ct.logs, &ct.tmp] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let yml = std::fs::read_to_string(Path::new(CONF).join("ejabberd.yml"))
+            .map_err(|e| format!("ejabberd.yml: {e}"))?
+            .replace("/opt/ejabberd/conf/server.pem", &pem.display().to_string());
+        std::fs::write(ct.conf.join("ejabberd.yml"), yml).map_err(|e| format!("{e}"))?;
+        std::fs::copy(
+            Path::new(CONF).join("ejabberdctl.cfg"),
+            ct.conf.join("ejabberdctl.cfg"),
+        )
+        .map_err(|e| format!("ejabberdctl.cfg: {e}"))?;
+        // The deploy mounts kube-epmd's inetrc at $CONFIG_DIR/inetrc.
+        std::os::unix::fs::symlink(self.c.pods[k].inetrc(), ct.conf.join("inetrc"))
+            .map_err(|e| format!("inetrc link: {e}"))?;
+        set_mode(&root, 0o755)?;
+        sh(&format!(
+            "chown -R {}:{} {}",
+            self.uid,
+            self.gid,
+            root.display()
+        ))?;
+        if k < self.pods.len() {
+            self.pods[k] = ct;
+        } else {
+            self.pods.push(ct);
+        }
+        Ok(())
+    }
+
+    /// The StatefulSet object (what kube-epmd's `--statefulset chat` reads).
+    fn publish_statefulset(&self) {
+        self.c
+            .api
+            .upsert_statefulset(statefulset(K8S_NS, "chat", SUBDOMAIN, Some(self.replicas)));
+    }
+
+    /// Wait until kube-epmd in every pod of `ks` wrote `replicas`.
+    async fn wait_replicas_file(&self, ks: &[usize], replicas: i32) -> Result<(), String> {
+        let want = format!("{replicas}\n");
+        self.c
+            .wait(
+                &format!("kube-epmd writes replicas {replicas} in pods {ks:?}"),
+                Duration::from_secs(20),
+                |c| {
+                    ks.iter().all(|&k| {
+                        std::fs::read_to_string(c.pods[k].out_dir.join("replicas"))
+                            .is_ok_and(|s| s == want)
+                    })
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn env(&self, k: usize) -> Vec<(String, String)> {
+        let ct = &self.pods[k];
+        let d = |p: &Path| p.display().to_string();
+        vec![
+            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            ("HOME".into(), d(&self.home)),
+            ("POD_NAME".into(), pod_name(k)),
+            ("POD_NAMESPACE".into(), K8S_NS.into()),
+            ("POD_IP".into(), self.c.pods[k].ip.clone()),
+            ("ERLANG_NODE_ARG".into(), node(k)),
+            ("ERLANG_COOKIE".into(), COOKIE.into()),
+            ("CONFIG_DIR".into(), d(&ct.conf)),
+            ("SPOOL_DIR".into(), d(&ct.spool)),
+            ("LOGS_DIR".into(), d(&ct.logs)),
+            (
+                "KUBE_EPMD_HOSTS_FILE".into(),
+                d(&self.c.pods[k].hosts_path()),
+            ),
+            ("CLUSTER_SPOOL_DIR".into(), d(&ct.spool)),
+            ("CLUSTER_READY_FLAG".into(), d(&ct.tmp.join("ready"))),
+            ("CLUSTER_JOIN_TIMEOUT".into(), "150".into()),
+            ("CLUSTER_PRUNE_INTERVAL".into(), "2".into()),
+        ]
+    }
+
+    /// A command run as the ejabberd user inside pod `k` (what the
+    /// container or `kubectl exec` runs), with the container's environment.
+    fn command(&self, k: usize, program: &Path) -> tokio::process::Command {
+        let mut cmd = self.c.pods[k].ns.command("setpriv");
+        cmd.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg("env")
+            .arg("-i");
+        for (key, v) in self.env(k) {
+            cmd.arg(format!("{key}={v}"));
+        }
+        cmd.arg(program).current_dir("/").stdin(Stdio::null());
+        cmd
+    }
+
+    /// The API shows the pod (with its IP, not Ready), its kube-epmd
+    /// starts, then the ejabberd container (the entrypoint).
+    async fn sandbox(&mut self, k: usize) -> Result<(), String> {
+        let tmp = &self.pods[k].tmp;
+        let _ = std::fs::remove_dir_all(tmp);
+        std::fs::create_dir_all(tmp).map_err(|e| format!("{e}"))?;
+        sh(&format!(
+            "chown {}:{} {}",
+            self.uid,
+            self.gid,
+            tmp.display()
+        ))?;
+        self.c.publish(k, false);
+        if !self.c.sidecar_alive(k) {
+            self.c.start_sidecar(k).await?;
+        }
+        Ok(())
+    }
+
+    fn start_container(&mut self, k: usize) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pods[k].log)
+            .map_err(|e| format!("{e}"))?;
+        let err = log.try_clone().map_err(|e| format!("{e}"))?;
+        let mut cmd = self.command(k, &self.busybox.clone());
+        cmd.args(["sh", SCRIPT]).stdout(log).stderr(err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("chat-{k}: cannot start the entrypoint: {e}"))?;
+        self.pods[k].script = Some(child);
+        Ok(())
+    }
+
+    /// Create pods `ks` as the Parallel policy does: all at once, in the
+    /// order given.
+    async fn create(&mut self, ks: &[usize]) -> Result<(), String> {
+        for &k in ks {
+            self.sandbox(k).await?;
+        }
+        for &k in ks {
+            self.start_container(k)?;
+        }
+        Ok(())
+    }
+
+    /// Wait until pod `k`'s ejabberd container is Ready (the entrypoint's
+    /// flag: started and in the cluster), then publish it Ready.
+    async fn wait_ready(&mut self, k: usize, limit: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let flag = self.pods[k].tmp.join("ready");
+        while !flag.exists() {
+            if let Some(ch) = self.pods[k].script.as_mut()
+                && let Ok(Some(st)) = ch.try_wait()
+            {
+                return Err(format!(
+                    "chat-{k}: the entrypoint exited ({st}) before Ready:\n{}",
+                    self.log(k)
+                ));
+            }
+            if t0.elapsed() > limit {
+                return Err(format!(
+                    "chat-{k} not Ready after {limit:?}:\n{}",
+                    self.log(k)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.c.publish(k, true);
+        Ok(t0.elapsed())
+    }
+
+    async fn wait_all_ready(&mut self, ks: &[usize]) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        for &k in ks {
+            let left = FULL_LIMIT.saturating_sub(t0.elapsed());
+            self.wait_ready(k, left).await?;
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// Delete pods `ks` at once: SIGTERM to every ejabberd container (tini
+    /// forwards it to the entrypoint), wait for them to exit (grace period
+    /// 60 s), then the sidecar stops and the pod leaves the API.
+    async fn delete(&mut self, ks: &[usize]) -> Result<(), String> {
+        for &k in ks {
+            self.c.publish(k, false);
+            if let Some(pid) = self.pods[k].script.as_ref().and_then(|c| c.id()) {
+                // SAFETY: kill(2) on the pid of a child we spawned and
+                // have not reaped yet.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+        for &k in ks {
+            if let Some(mut ch) = self.pods[k].script.take() {
+                match tokio::time::timeout(Duration::from_secs(60), ch.wait()).await {
+                    Ok(Ok(st)) if st.success() => {}
+                    Ok(r) => {
+                        return Err(format!(
+                            "chat-{k}: the entrypoint ended with {r:?} on SIGTERM:\n{}",
+                            self.log(k)
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "chat-{k}: still running 60 s after SIGTERM:\n{}",
+                            self.log(k)
+                        ));
+                    }
+                }
+            }
+            self.c.kill_sidecar(k).await;
+            // What the runtime does at the end of the grace period.
+            self.c.pods[k].ns.kill_all();
+            self.c.api.delete_pod(K8S_NS, &pod_name(k));
+        }
+        Ok(())
+    }
+
+    /// Every container of pods `ks` crashes at once (SIGKILL: no `ejabberdctl
+    /// stop`); the pods stay, with their IPs and their emptyDirs.
+    async fn crash(&mut self, ks: &[usize]) {
+        for &k in ks {
+            self.c.publish(k, false);
+            self.c.pods[k].ns.kill_all();
+        }
+        for &k in ks {
+            if let Some(mut ch) = self.pods[k].script.take() {
+                let _ = ch.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await;
+            }
+            self.c.kill_sidecar(k).await;
+        }
+    }
+
+    /// The kubelet restarts the crashed containers of pods `ks`: the
+    /// sidecar first (native sidecar), then ejabberd; /tmp is kept.
+    async fn restart_containers(&mut self, ks: &[usize]) -> Result<(), String> {
+        for &k in ks {
+            self.c.start_sidecar(k).await?;
+        }
+        for &k in ks {
+            self.start_container(k)?;
+        }
+        Ok(())
+    }
+
+    fn log(&self, k: usize) -> String {
+        std::fs::read_to_string(&self.pods[k].log).unwrap_or_default()
+    }
+
+    fn ejabberd_log(&self, k: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.pods[k].logs.join("ejabberd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        tail.join("\n")
+    }
+
+    /// `ejabberdctl ARGS` in pod `k` as `kubectl exec` runs it (bounded).
+    async fn ctl(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
+        let mut cmd = self.command(k, Path::new("/usr/sbin/ejabberdctl"));
+        cmd.args(args).kill_on_drop(true);
+        let limit = Duration::from_secs(70);
+        let out = tokio::time::timeout(limit, cmd.output())
+            .await
+            .map_err(|_| format!("chat-{k}: ejabberdctl {args:?} took over {limit:?}"))?
+            .map_err(|e| format!("chat-{k}: ejabberdctl: {e}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    async fn ctl_ok(&self, k: usize, args: &[&str]) -> Result<String, String> {
+        match self.ctl(k, args).await? {
+            (0, out) => Ok(out),
+            (code, out) => Err(format!(
+                "chat-{k}: ejabberdctl {args:?} exited {code}: {out}\nejabberd.log (newest first):\n{}",
+                self.ejabberd_log(k)
+            )),
+        }
+    }
+
+    /// `list_cluster` on pod `k` as a set of node names.
+    async fn list_cluster(&self, k: usize) -> Result<Vec<String>, String> {
+        let out = self.ctl_ok(k, &["list_cluster"]).await?;
+        let mut v: Vec<String> = out
+            .split_whitespace()
+            .map(|w| w.trim_matches('\'').to_string())
+            .filter(|w| w.starts_with("ejabberd@"))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Mnesia's `db_nodes` (the schema) of pod `k`'s node, read by a plain
+    /// `erl` started by the test (not the entrypoint's helper).
+    async fn db_nodes(&self, k: usize) -> Result<Vec<String>, String> {
+        let mut cmd = self.c.pods[k].ns.command("erl");
+        let probe = format!(
+            "probe{}-{k}@{}.{SUBDOMAIN}",
+            std::process::id(),
+            pod_name(k)
+        );
+        cmd.args(["-name", &probe, "-hidden", "-noinput", "-noshell"])
+            .args(["-start_epmd", "false", "-setcookie", COOKIE])
+            .args(["-kernel", "inet_dist_listen_min", "4200"])
+            .args(["-kernel", "inet_dist_listen_max", "4210"])
+            .arg("-eval")
+            .arg(format!(
+                "R = rpc:call('{}', mnesia, system_info, [db_nodes], 10000), \
+                 io:format(\"~p~n\", [R]), halt(0).",
+                node(k)
+            ))
+            .env("ERL_INETRC", self.c.pods[k].inetrc())
+            .current_dir(self.c.dir.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .map_err(|_| format!("chat-{k}: erl probe took over 30 s"))?
+            .map_err(|e| format!("erl: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.trim_start().starts_with('[') {
+            return Err(format!("chat-{k}: db_nodes probe said: {text}"));
+        }
+        let mut v: Vec<String> = text
+            .split(|c: char| c == ',' || c == '[' || c == ']' || c.is_whitespace())
+            .map(|w| w.trim_matches('\'').to_string())
+            .filter(|w| w.starts_with("ejabberd@"))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Wait until `list_cluster` on every pod of `ks` lists exactly `ks`.
+    async fn wait_full(&self, ks: &[usize], limit: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let mut want: Vec<String> = ks.iter().map(|&k| node(k)).collect();
+        want.sort();
+        'again: loop {
+            for &k in ks {
+                let last = match self.list_cluster(k).await {
+                    Ok(got) if got == want => continue,
+                    Ok(got) => format!("chat-{k} lists {got:?}"),
+                    Err(e) => e,
+                };
+                if t0.elapsed() > limit {
+                    return Err(format!(
+                        "not every node lists {want:?} after {limit:?}: {last}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'again;
+            }
+            return Ok(t0.elapsed());
+        }
+    }
+
+    /// The schema of every pod in `ks` lists exactly `ks`.
+    async fn schema_is(&self, ks: &[usize]) -> Result<(), String> {
+        let mut want: Vec<String> = ks.iter().map(|&k| node(k)).collect();
+        want.sort();
+        for &k in ks {
+            let got = self.db_nodes(k).await?;
+            if got != want {
+                return Err(format!("chat-{k}: db_nodes {got:?}, want {want:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `cluster-entrypoint.sh ARGS` in pod `k` as `kubectl exec` runs it.
+    async fn script(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
+        let mut cmd = self.command(k, &self.busybox);
+        cmd.args(["sh", SCRIPT]).args(args).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+            .await
+            .map_err(|_| format!("chat-{k}: cluster-entrypoint.sh {args:?} took over 90 s"))?
+            .map_err(|e| format!("chat-{k}: cluster-entrypoint.sh: {e}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    async fn register(&self, k: usize, user: &str) -> Result<(), String> {
+        self.ctl_ok(k, &["register", user, DOMAIN, "s3cret"])
+            .await?;
+        Ok(())
+    }
+
+    /// Every user of `users` exists on every pod of `ks`.
+    async fn users_everywhere(&self, ks: &[usize], users: &[String]) -> Result<(), String> {
+        for &k in ks {
+            let out = self.ctl_ok(k, &["registered_users", DOMAIN]).await?;
+            let have: Vec<&str> = out.split_whitespace().collect();
+            for u in users {
+                if !have.contains(&u.as_str()) {
+                    return Err(format!("chat-{k}: user {u} is gone; registered: {have:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// chat-0 seeded (it never joined anyone; it either logged the seed or
+    /// saw the others join it first), the others joined.
+    fn one_seed(&self) -> Result<(), String> {
+        let zero = self.log(0);
+        check(
+            !zero.contains("joining ")
+                && (zero.contains("seeds a new cluster") || zero.contains(" in the cluster")),
+            || format!("chat-0 did not seed:\n{zero}"),
+        )?;
+        for k in [1, 2] {
+            let log = self.log(k);
+            check(
+                log.contains("joined the cluster through") && !log.contains("seeds a new cluster"),
+                || format!("chat-{k} did not join:\n{log}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn logs_contain(&self, ks: &[usize], needle: &str) -> Option<usize> {
+        ks.iter().copied().find(|&k| self.log(k).contains(needle))
+    }
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+const ALL: [usize; 3] = [0, 1, 2];
+const PRUNED: &str = "leaves the cluster's schema";
+
+async fn lifecycle() -> Result<(), String> {
+    let t_all = Instant::now();
+    let mut chat = Chat::new(3).await?;
+    let mut users: Vec<String> = Vec::new();
+
+    // (6) First start on empty volumes, all pods at once, highest first.
+    let t = Instant::now();
+    chat.create(&[2, 1, 0]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.one_seed()?;
+    report!(
+        "lifecycle: first start, 3 pods in parallel (2, 1, 0): one cluster of 3 in {:?} \
+         (list_cluster full {d:?} after the last Ready)",
+        t.elapsed()
+    );
+    chat.register(0, "before_all").await?;
+    users.push("before_all".into());
+    // From here on every pod knows the desired count: the scale-down
+    // clean-up is armed for every event below, and must touch nobody.
+    chat.wait_replicas_file(&ALL, 3).await?;
+
+    // (2) One pod deleted; the StatefulSet recreates it with its volume.
+    let t = Instant::now();
+    chat.delete(&[1]).await?;
+    let t_recreate = Instant::now();
+    chat.create(&[1]).await?;
+    chat.wait_ready(1, FULL_LIMIT).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    check(chat.log(1).contains("clustered before"), || chat.log(1))?;
+    report!(
+        "lifecycle: chat-1 deleted: full cluster {:?} after recreation ({:?} with the stop)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1a) All pods deleted at once, recreated at once.
+    let t = Instant::now();
+    chat.delete(&ALL).await?;
+    let t_recreate = Instant::now();
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    report!(
+        "lifecycle: all 3 deleted at once: full cluster {:?} after recreation \
+         (list_cluster full {d:?} after the last Ready; {:?} with the stop)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1b) Down one after another, a user registered after chat-0 went:
+    // chat-2 went last and holds the newest copy; nothing may force chat-0's.
+    let t = Instant::now();
+    chat.delete(&[0]).await?;
+    chat.register(1, "after_chat0_stopped").await?;
+    users.push("after_chat0_stopped".into());
+    chat.delete(&[1]).await?;
+    chat.register(2, "after_chat1_stopped").await?;
+    users.push("after_chat1_stopped".into());
+    chat.delete(&[2]).await?;
+    let t_recreate = Instant::now();
+    let seen = chat.log(0).len();
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    // chat-0, the lowest node, must have let chat-2 load first: Mnesia
+    // would otherwise have it load its own older copy when all are up.
+    let since = chat.log(0).get(seen..).unwrap_or_default().to_string();
+    check(since.contains("a peer has the tables loaded"), || {
+        since.clone()
+    })?;
+    report!(
+        "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
+         user {:?} after recreation ({:?} with the stops)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1c) Every container crashes at the same moment (no clean stop); the
+    // kubelet restarts them in place.
+    // Mnesia writes its logs without fsync and through a short write cache:
+    // what was committed in the last moment before every node dies at once
+    // can be lost on every node. The user is read back from every node
+    // first (a few seconds), as a client would have seen it.
+    chat.register(1, "before_crash").await?;
+    users.push("before_crash".into());
+    chat.users_everywhere(&ALL, &users).await?;
+    let t = Instant::now();
+    chat.crash(&ALL).await;
+    chat.restart_containers(&ALL).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    report!(
+        "lifecycle: every container killed at once (SIGKILL), restarted in place: full \
+         cluster with every user {:?} after the crash",
+        t.elapsed()
+    );
+
+    // (5) Rolling update: highest ordinal first, one at a time, each
+    // replaced only when the previous is Ready; the others keep answering.
+    let t = Instant::now();
+    for k in [2, 1, 0] {
+        let tk = Instant::now();
+        chat.delete(&[k]).await?;
+        let rest: Vec<usize> = ALL.into_iter().filter(|&j| j != k).collect();
+        chat.wait_full(&rest, Duration::from_secs(30)).await?;
+        chat.create(&[k]).await?;
+        chat.wait_ready(k, FULL_LIMIT).await?;
+        chat.wait_full(&ALL, FULL_LIMIT).await?;
+        report!(
+            "lifecycle: rolling update: chat-{k} replaced in {:?}",
+            tk.elapsed()
+        );
+    }
+    chat.users_everywhere(&ALL, &users).await?;
+    report!(
+        "lifecycle: rolling update of 3 pods in {:?}, never below 2 answering",
+        t.elapsed()
+    );
+
+    // (4) A lost volume: chat-2 comes back empty while the others list it.
+    let t = Instant::now();
+    chat.delete(&[2]).await?;
+    let spool = chat.pods[2].spool.clone();
+    sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
+    sh(&format!(
+        "chown {}:{} {}",
+        chat.uid,
+        chat.gid,
+        spool.display()
+    ))?;
+    let t_recreate = Instant::now();
+    chat.create(&[2]).await?;
+    chat.wait_ready(2, FULL_LIMIT).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    check(chat.log(2).contains("removing the stale entry"), || {
+        chat.log(2)
+    })?;
+    report!(
+        "lifecycle: chat-2 lost its volume: back in the cluster with the users {:?} after \
+         recreation ({:?} with the stop)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // The one manual step: the node that went down last is gone for good
+    // (its volume with it). The others wait for its tables for ever;
+    // `cluster-entrypoint.sh force-load` in the one that went down last
+    // among those left loads its own copy, losing what only the gone node
+    // had. Then a new chat-2 joins with an empty volume.
+    let t = Instant::now();
+    chat.delete(&[0]).await?;
+    chat.register(1, "before_chat1_stopped").await?;
+    users.push("before_chat1_stopped".into());
+    chat.delete(&[1]).await?;
+    chat.register(2, "only_on_the_lost_node").await?;
+    chat.delete(&[2]).await?;
+    let spool = chat.pods[2].spool.clone();
+    sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
+    sh(&format!(
+        "chown {}:{} {}",
+        chat.uid,
+        chat.gid,
+        spool.display()
+    ))?;
+    chat.create(&[0, 1]).await?;
+    // chat-1 runs and waits for chat-2's tables; chat-0, the lowest node of
+    // the schema, holds back until someone has the tables.
+    let mut waiting = String::new();
+    let t_wait = Instant::now();
+    loop {
+        let (code, out) = chat.script(1, &["query", &node(1)]).await?;
+        if code == 0
+            && out.contains(" waiting ")
+            && chat
+                .log(0)
+                .contains("waiting for a peer to load the tables")
+        {
+            waiting = out;
+            break;
+        }
+        if t_wait.elapsed() > FULL_LIMIT {
+            return Err(format!(
+                "chat-1 never waited for tables: {out}{waiting}\n{}",
+                chat.log(0)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    check(
+        !chat.pods[0].tmp.join("ready").exists() && !chat.pods[1].tmp.join("ready").exists(),
+        || "chat-0 or chat-1 Ready without chat-2's tables".into(),
+    )?;
+    report!(
+        "lifecycle: last node down gone for good: chat-1 waits for its tables, chat-0 holds \
+         back ({})",
+        waiting.trim()
+    );
+    let t_force = Instant::now();
+    let (code, out) = chat.script(1, &["force-load"]).await?;
+    check(code == 0 && out.contains("passwd yes"), || {
+        format!("force-load exited {code}: {out}")
+    })?;
+    chat.wait_all_ready(&[0, 1]).await?;
+    chat.wait_full(&[0, 1], FULL_LIMIT).await?;
+    chat.users_everywhere(&[0, 1], &users).await?;
+    let left = chat.ctl_ok(1, &["registered_users", DOMAIN]).await?;
+    check(!left.contains("only_on_the_lost_node"), || {
+        format!("a user only the lost node had survived force-load?: {left}")
+    })?;
+    report!(
+        "lifecycle: force-load in chat-1: chat-0 and chat-1 in the cluster {:?} later (the user written only on the lost node is gone, as documented)",
+        t_force.elapsed()
+    );
+    chat.create(&[2]).await?;
+    chat.wait_ready(2, FULL_LIMIT).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    report!(
+        "lifecycle: a new empty chat-2 joined after the force-load; escape hatch round trip {:?}",
+        t.elapsed()
+    );
+
+    if let Some(k) = chat.logs_contain(&ALL, PRUNED) {
+        return Err(format!(
+            "chat-{k} removed a node that was only restarting or gone with replicas 3:\n{}",
+            chat.log(k)
+        ));
+    }
+
+    // (3) Scale 3 -> 2: the controller deletes chat-2 and its claim.
+    let t = Instant::now();
+    chat.replicas = 2;
+    chat.publish_statefulset();
+    chat.delete(&[2]).await?;
+    let spool = chat.pods[2].spool.clone();
+    sh(&format!("rm -rf {}", spool.display()))?;
+    let mut d = Duration::ZERO;
+    let limit = Duration::from_secs(60);
+    loop {
+        let a = chat.db_nodes(0).await?;
+        let b = chat.db_nodes(1).await?;
+        if !a.contains(&node(2)) && !b.contains(&node(2)) {
+            break;
+        }
+        if t.elapsed() > limit {
+            return Err(format!(
+                "chat-2 still in the schema {limit:?} after scale-down: {a:?} {b:?}\n{}\n{}",
+                chat.log(0),
+                chat.log(1)
+            ));
+        }
+        d = t.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    chat.wait_full(&[0, 1], Duration::from_secs(30)).await?;
+    chat.schema_is(&[0, 1]).await?;
+    report!(
+        "lifecycle: scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
+         scale (last seen at {d:?})",
+        t.elapsed()
+    );
+
+    // Scale 2 -> 3: a new claim, an empty node that joins.
+    let t = Instant::now();
+    std::fs::create_dir_all(&spool).map_err(|e| format!("{e}"))?;
+    sh(&format!(
+        "chown {}:{} {}",
+        chat.uid,
+        chat.gid,
+        spool.display()
+    ))?;
+    chat.replicas = 3;
+    chat.publish_statefulset();
+    chat.create(&[2]).await?;
+    chat.wait_ready(2, FULL_LIMIT).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    check(chat.log(2).contains("joined the cluster"), || chat.log(2))?;
+    report!(
+        "lifecycle: scale 2 -> 3: the new empty chat-2 joined in {:?}",
+        t.elapsed()
+    );
+
+    // (6b) First start again on new, empty volumes, chat-0 created last:
+    // chat-2 and chat-1 are up and asking before chat-0 exists, and must
+    // neither seed nor cluster between themselves.
+    chat.delete(&ALL).await?;
+    for k in ALL {
+        let spool = chat.pods[k].spool.clone();
+        sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
+        sh(&format!(
+            "chown {}:{} {}",
+            chat.uid,
+            chat.gid,
+            spool.display()
+        ))?;
+        let _ = std::fs::remove_file(&chat.pods[k].log);
+    }
+    let t = Instant::now();
+    chat.create(&[2, 1]).await?;
+    let limit = Instant::now() + FULL_LIMIT;
+    while ![1, 2]
+        .iter()
+        .all(|&k| chat.log(k).contains("no cluster to join yet"))
+    {
+        if Instant::now() > limit {
+            return Err(format!(
+                "chat-1 and chat-2 never waited for chat-0:\n{}\n{}",
+                chat.log(1),
+                chat.log(2)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check(!chat.pods[1].tmp.join("ready").exists(), || chat.log(1))?;
+    check(!chat.pods[2].tmp.join("ready").exists(), || chat.log(2))?;
+    let t0 = Instant::now();
+    chat.create(&[0]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.one_seed()?;
+    report!(
+        "lifecycle: first start with chat-0 created {:?} after chat-2 and chat-1: one cluster \
+         of 3, {:?} after chat-0 was created",
+        t0 - t,
+        t0.elapsed()
+    );
+
+    chat.delete(&ALL).await?;
+    report!("lifecycle: total {:?}", t_all.elapsed());
+    Ok(())
+}
+
+/// Issue 10: every lifecycle event ends in a full cluster with the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_ejabberd_events() {
+    run("lifecycle ejabberd events", lifecycle()).await;
+}
