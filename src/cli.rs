@@ -30,10 +30,10 @@ const EPMD_LONG_FLAGS: &[&str] = &[
     "-stop",
 ];
 
-/// The default EPMD port, as in OTP.
-pub const DEFAULT_PORT: u16 = 4369;
+pub use crate::server::{DEFAULT_PORT, PortRange};
 
-/// The distribution port window ejabberd's `FIREWALL_WINDOW` pins by default.
+/// The distribution port window Kubernetes mode pins by default (ejabberd's
+/// `FIREWALL_WINDOW` has no default upstream: the deploy sets it to this).
 pub const DEFAULT_KUBE_DIST_RANGE: PortRange = PortRange {
     min: 4200,
     max: 4210,
@@ -127,7 +127,9 @@ pub struct EpmdArgs {
     #[arg(long, value_name = "MIN-MAX", env = "KUBE_EPMD_DIST_PORT_RANGE")]
     pub dist_port_range: Option<RangeSetting>,
 
-    /// Most connections served at once; more are accepted and closed at once.
+    /// Most connections served at once. At the limit a new connection makes
+    /// room by closing the oldest one still waiting for its request; if none
+    /// is waiting (all are registrations or being answered) it is closed.
     #[arg(long, env = "KUBE_EPMD_MAX_CONNECTIONS", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(16..))]
     pub max_connections: u32,
@@ -204,25 +206,6 @@ pub enum Command {
 pub enum LogFormat {
     Human,
     Json,
-}
-
-/// An inclusive range of TCP ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl PortRange {
-    pub fn contains(&self, port: u16) -> bool {
-        (self.min..=self.max).contains(&port)
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.min, self.max)
-    }
 }
 
 /// `--dist-port-range` as given: a range or explicitly off.

@@ -107,12 +107,11 @@ async fn async_main(
                 warn!("{e}; exiting");
                 return Ok(());
             }
-            Err(e @ BindError::InUse { .. }) => {
+            Err(e @ BindError::InUse { addr, port }) => {
                 // A sidecar that cannot hold 4369 is a failure the pod
-                // must show, not a clean exit.
-                return Err(
-                    anyhow::Error::new(e).context("Kubernetes mode needs the EPMD port for itself")
-                );
+                // must show, not a clean exit: say who holds it and how to
+                // keep it free.
+                return Err(anyhow::Error::new(e).context(port_taken(addr, port)));
             }
             Err(e) => return Err(e.into()),
         }
@@ -161,6 +160,25 @@ async fn async_main(
     server::serve(listeners, shared, shutdown_rx).await;
     info!("kube-epmd stopped");
     Ok(())
+}
+
+/// Why Kubernetes mode cannot start when the EPMD port is taken, naming the
+/// holder (asked with NAMES) and how to keep it from starting.
+fn port_taken(addr: std::net::IpAddr, port: u16) -> String {
+    let target = match addr {
+        a if a.is_unspecified() && a.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        a if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        a => a,
+    };
+    let holder = client::describe_holder((target, port).into(), Duration::from_secs(2));
+    format!(
+        "Kubernetes mode needs the EPMD port for itself, but another process holds it: \
+         {holder}. That is usually OTP's epmd, which `erl` starts unless told \
+         `-start_epmd false`: add that flag to the application's Erlang options (ejabberd: \
+         ERL_OPTIONS; RabbitMQ: ERL_ZFLAGS=\"-start_epmd false\" in the broker's environment, \
+         so that its epmd-starter helper inherits it; any release: ERL_ZFLAGS), then restart \
+         the pod"
+    )
 }
 
 /// Kubernetes mode: build the API client (in-cluster or KUBECONFIG),

@@ -44,6 +44,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Why a registration was refused, and which program (by its node name)
+/// asked: `kube_epmd_registrations_refused_total{reason,program}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+    pub program: &'static str,
+}
+
 /// Every metric this daemon exports. Cheap to update from the request path:
 /// counters are atomics, families are looked up under a read lock.
 #[derive(Debug, Default)]
@@ -57,6 +65,9 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     pub accept_errors: Counter,
     pub registered_nodes: Gauge,
+    /// Refused ALIVE2 requests: counted every time, logged as the policy in
+    /// server::dispatch says (short-lived helpers only once).
+    pub registrations_refused: Family<RefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +77,12 @@ impl Metrics {
                 kind: kind.as_str(),
                 outcome: outcome.as_str(),
             })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &'static str, program: &'static str) {
+        self.registrations_refused
+            .get_or_create(&RefusalLabels { reason, program })
             .inc();
     }
 
@@ -109,6 +126,11 @@ impl Metrics {
             "registered_nodes",
             "Erlang nodes currently registered",
             self.registered_nodes.clone(),
+        );
+        registry.register(
+            "registrations_refused",
+            "Refused registrations by reason and program (from the node name)",
+            self.registrations_refused.clone(),
         );
     }
 

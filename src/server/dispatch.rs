@@ -3,9 +3,9 @@
 //! No sockets here; the connection carries out the returned [`Action`].
 
 use bytes::BytesMut;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{KillPolicy, Shared};
+use super::{KillPolicy, Program, Shared};
 use crate::codec::{Alive2, NodeInfo, Request, Response, validate_alive2};
 use crate::metrics::Outcome;
 use crate::registry::ConnId;
@@ -89,35 +89,46 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
 
 fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
     let hv = a.highest_version;
-    let refuse = |outcome| {
+    let refuse = |reason, program: Program| {
+        shared.metrics.refused(reason, program.as_str());
         let reply = Response::Alive2 {
             ok: false,
             creation: 99,
             highest_version: hv,
         }
         .to_bytes();
-        (Action::ReplyKeep(reply, None), outcome)
+        (Action::ReplyKeep(reply, None), Outcome::Refused)
     };
     let name = match validate_alive2(&a) {
         Ok(n) => n.to_owned(),
         Err(e) => {
             warn!(error = %e, "registration refused");
-            return refuse(Outcome::Refused);
+            return refuse("invalid", Program::Erlang);
         }
     };
+    let program = Program::of(&name);
     if let Some(range) = shared.config.dist_range
         && !range.contains(a.port)
     {
-        warn!(
-            node = %name,
-            port = a.port,
-            range = %range,
-            "registration refused: distribution port outside the pinned range {range}; \
-             start the node with `-kernel inet_dist_listen_min {} inet_dist_listen_max {}` \
-             (ejabberd: FIREWALL_WINDOW={}-{})",
-            range.min, range.max, range.min, range.max
-        );
-        return refuse(Outcome::Refused);
+        if shared.first_refusal(program) {
+            let then = if program.is_helper() {
+                "; further refusals of this program are only counted \
+                 (kube_epmd_registrations_refused_total)"
+            } else {
+                ""
+            };
+            warn!(
+                node = %name,
+                port = a.port,
+                range = %range,
+                program = program.as_str(),
+                "registration refused: distribution port outside the pinned range {range}; {}{then}",
+                program.advice(range)
+            );
+        } else {
+            debug!(node = %name, port = a.port, "registration refused: port outside the range");
+        }
+        return refuse("port_outside_range", program);
     }
     let info = NodeInfo {
         port: a.port,
@@ -142,7 +153,7 @@ fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
         }
         Err(e) => {
             warn!(error = %e, "registration refused");
-            refuse(Outcome::Refused)
+            refuse("name_in_use", program)
         }
     }
 }

@@ -1,15 +1,17 @@
 //! The EPMD server: listening sockets, the accept loop, the connection
 //! limit and its eviction of idle connections, and shutdown.
 
+mod config;
 mod connection;
 mod dispatch;
 mod listen;
 mod reader;
+mod refusal;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,58 +24,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, warn};
 
+pub use config::{Config, DEFAULT_PORT, KillPolicy, PortRange};
 pub use connection::{After, Later, Now, serve_later, serve_now};
 pub use dispatch::{Action, Peer, dispatch};
 pub use listen::{BindError, bind_all, from_systemd};
 pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
+pub use refusal::Program;
 
-use crate::cli::PortRange;
 use crate::metrics::Metrics;
 use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Registry};
-
-/// What a local KILL_REQ does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillPolicy {
-    /// As epmd: `OK` and exit when no node is registered or checks are relaxed.
-    Epmd,
-    /// Sidecar: answer as epmd would (`NO` while nodes are registered
-    /// unless relaxed, else `OK`) but keep running. `ejabberdctl stopped`
-    /// runs `epmd -kill` once no node is left and fails unless it reads
-    /// `OK`; the sidecar's life belongs to Kubernetes, which would restart
-    /// an exited sidecar at once anyway.
-    Survive,
-}
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The port NAMES and DUMP report (the one clients reach us on).
-    pub port: u16,
-    /// epmd's `-packet_timeout`, whole seconds (see connection::idle_limit).
-    pub packet_timeout: Duration,
-    pub delay_accept: Duration,
-    pub delay_write: Duration,
-    pub relaxed: bool,
-    pub kill: KillPolicy,
-    pub dist_range: Option<PortRange>,
-    pub max_connections: usize,
-    pub debug: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: crate::cli::DEFAULT_PORT,
-            packet_timeout: Duration::from_secs(60),
-            delay_accept: Duration::ZERO,
-            delay_write: Duration::ZERO,
-            relaxed: false,
-            kill: KillPolicy::Epmd,
-            dist_range: None,
-            max_connections: 65_536,
-            debug: false,
-        }
-    }
-}
 
 /// State every connection task sees.
 #[derive(Debug)]
@@ -89,6 +48,8 @@ pub struct Shared {
     registered: DashMap<ConnId, Arc<Notify>>,
     /// Connection ids increase with accept order across all listeners.
     next_conn: AtomicU64,
+    /// Programs (refusal::Program bits) whose refusal has been logged once.
+    refusals_logged: AtomicU8,
 }
 
 impl Shared {
@@ -105,6 +66,7 @@ impl Shared {
             idle: Mutex::new(BTreeMap::new()),
             registered: DashMap::new(),
             next_conn: AtomicU64::new(1),
+            refusals_logged: AtomicU8::new(0),
         }
     }
 
@@ -141,6 +103,17 @@ impl Shared {
 
     fn forget_registered(&self, conn: ConnId) {
         self.registered.remove(&conn);
+    }
+
+    /// True the first time a refusal of `program` is to be logged: always
+    /// for ordinary nodes, once per daemon for short-lived helpers.
+    fn first_refusal(&self, program: Program) -> bool {
+        !program.is_helper()
+            || self
+                .refusals_logged
+                .fetch_or(program.bit(), Ordering::Relaxed)
+                & program.bit()
+                == 0
     }
 
     /// Close the registration connection `conn` (STOP_REQ).
