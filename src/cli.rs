@@ -255,12 +255,24 @@ pub enum ClientCommand {
 
 impl Args {
     /// Parse a full argv (program name first), accepting epmd's spellings.
+    /// An argument that is not UTF-8 is an error naming it.
     pub fn parse_from_epmd<I, T>(argv: I) -> Result<Args, clap::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<String>,
+        T: Into<std::ffi::OsString>,
     {
-        Args::try_parse_from(normalize_epmd_flags(argv.into_iter().map(Into::into)))
+        let argv = argv
+            .into_iter()
+            .map(|a| {
+                a.into().into_string().map_err(|bad| {
+                    clap::Error::raw(
+                        clap::error::ErrorKind::InvalidUtf8,
+                        format!("argument {bad:?} is not valid UTF-8\n"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<String>, _>>()?;
+        Args::try_parse_from(normalize_epmd_flags(argv.into_iter()))
     }
 
     pub fn client_command(&self) -> Option<ClientCommand> {

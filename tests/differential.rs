@@ -389,3 +389,36 @@ fn creation_is_time_based() {
         );
     }
 }
+
+/// A STOP_REQ handled right after the registration it names, before the
+/// daemon got round to watching the registering connection, still closes
+/// that connection (so the node notices and can re-register). The daemon
+/// is frozen while both requests are queued, so it finds them together.
+#[test]
+fn stop_right_after_the_registration_closes_the_node_connection() {
+    for which in [Impl::C, Impl::Kube] {
+        let d = Daemon::start(which, &["-relaxed_command_check"]);
+        let signal = |sig| {
+            // SAFETY: kill(2) on our own child process.
+            assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
+        };
+        signal(libc::SIGSTOP);
+        // The kernel completes both handshakes while the daemon is stopped.
+        let mut node = connect(d.port);
+        node.write_all(&alive2(b"racy", 4200, 6, b""))
+            .expect("ALIVE2");
+        let mut stop = connect(d.port);
+        stop.write_all(&frame(b"sracy")).expect("STOP");
+        signal(libc::SIGCONT);
+        let o = read_reply(&mut stop, Duration::from_secs(5));
+        assert_eq!(o.bytes, b"STOPPED", "{which:?}");
+        let o = read_reply(&mut node, Duration::from_secs(5));
+        assert_eq!(o.bytes.get(..2), Some(&[b'v', 0][..]), "{which:?}: {o:?}");
+        assert!(
+            o.closed,
+            "{which:?}: the stopped node's connection stays open: {o:?}"
+        );
+        let o = exchange(d.port, &port_please(b"racy"));
+        assert_eq!(o.bytes, [b'w', 1], "{which:?}");
+    }
+}

@@ -10,9 +10,10 @@ use crate::codec::{Alive2, NodeInfo, Request, Response, validate_alive2};
 use crate::metrics::Outcome;
 use crate::registry::ConnId;
 
-/// Who is asking.
+/// Who is asking: the connection a request came on and what its remote
+/// address allows (not a Kubernetes peer: those are in crate::peers).
 #[derive(Debug, Clone, Copy)]
-pub struct Peer {
+pub struct Caller {
     pub conn: ConnId,
     pub fd: i32,
     /// Loopback, or the same address as the socket's own (epmd's rule).
@@ -33,26 +34,27 @@ pub enum Action {
     ReplyExit(BytesMut),
 }
 
-pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) {
+pub fn dispatch(shared: &Shared, req: Request, caller: Caller) -> (Action, Outcome) {
     let local_only = matches!(
         req,
         Request::Alive2(_) | Request::Dump | Request::Kill | Request::Stop { .. }
     );
-    if local_only && !peer.local {
+    if local_only && !caller.local {
         warn!(
             kind = req.kind().as_str(),
-            conn = peer.conn,
+            conn = caller.conn,
             "request from non-local address refused"
         );
         return (Action::Close, Outcome::Dropped);
     }
     match req {
-        Request::Alive2(a) => alive2(shared, a, peer),
+        Request::Alive2(a) => alive2(shared, a, caller),
         Request::PortPlease2 { name } => port_please2(shared, &name),
         Request::Names => {
             let mut out = BytesMut::with_capacity(256);
             Response::PortHeader(shared.config.port).encode(&mut out);
-            for n in shared.registry.nodes() {
+            let state = shared.state();
+            for n in state.registry.nodes() {
                 Response::NameLine {
                     name: &n.info.name,
                     port: n.info.port,
@@ -64,7 +66,8 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
         Request::Dump => {
             let mut out = BytesMut::with_capacity(256);
             Response::PortHeader(shared.config.port).encode(&mut out);
-            for n in shared.registry.nodes() {
+            let state = shared.state();
+            for n in state.registry.nodes() {
                 Response::DumpActive {
                     name: &n.info.name,
                     port: n.info.port,
@@ -72,7 +75,7 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
                 }
                 .encode(&mut out);
             }
-            for o in shared.registry.old_names() {
+            for o in state.registry.old_names() {
                 Response::DumpOld {
                     name: &o.name,
                     port: o.port,
@@ -87,7 +90,7 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
     }
 }
 
-fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
+fn alive2(shared: &Shared, a: Alive2, caller: Caller) -> (Action, Outcome) {
     let hv = a.highest_version;
     let refuse = |reason, program: Program| {
         shared.metrics.refused(reason, program.as_str());
@@ -139,7 +142,8 @@ fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
         name: name.clone(),
         extra: a.extra,
     };
-    match shared.registry.register(info, peer.conn, peer.fd) {
+    let registered = shared.state().register(info, caller.conn, caller.fd);
+    match registered {
         Ok(creation) => {
             info!(node = %name, port = a.port, creation, "node registered");
             shared.metrics.registered_nodes.inc();
@@ -162,7 +166,7 @@ fn port_please2(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
     // The codec has checked the name is UTF-8; a name that is not cannot be
     // registered either, so it is a miss.
     let name = std::str::from_utf8(name).unwrap_or_default();
-    shared.registry.with_node(name, |node| match node {
+    match shared.state().registry.get(name) {
         Some(info) => (
             Action::ReplyClose(Response::Port2Hit(info).to_bytes()),
             Outcome::Ok,
@@ -171,11 +175,11 @@ fn port_please2(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
             Action::ReplyClose(Response::Port2Miss.to_bytes()),
             Outcome::Miss,
         ),
-    })
+    }
 }
 
 fn kill(shared: &Shared) -> (Action, Outcome) {
-    let reg = shared.registry.len();
+    let reg = shared.state().registry.len();
     let no = || {
         (
             Action::ReplyClose(Response::Kill { ok: false }.to_bytes()),
@@ -213,11 +217,14 @@ fn stop(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
         return (Action::Close, Outcome::Dropped);
     }
     let name = String::from_utf8_lossy(name);
-    match shared.registry.unregister_name(&name) {
-        Some(node) => {
+    // Unregister and close the holder's connection in one step: the
+    // connection's closer exists from the moment it registered, so a STOP
+    // that arrives before the connection's task runs still closes it.
+    let stopped = shared.state().stop(&name);
+    match stopped {
+        Some(_) => {
             info!(node = %name, "node unregistered by STOP_REQ");
             shared.metrics.registered_nodes.dec();
-            shared.kick(node.conn);
             (
                 Action::ReplyClose(Response::Stopped.to_bytes()),
                 Outcome::Ok,
