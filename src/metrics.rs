@@ -1,6 +1,8 @@
 //! Prometheus metrics shared by the EPMD server and Kubernetes discovery.
 //! Rendered as text by the admin endpoint (`/metrics`).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -68,14 +70,22 @@ pub struct Metrics {
     /// Refused ALIVE2 requests: counted every time, logged as the policy in
     /// server::dispatch says (short-lived helpers only once).
     pub registrations_refused: Family<RefusalLabels, Counter>,
+    /// `requests`' counters by [kind][outcome], each taken from the family
+    /// on first use: counting a request is then one atomic add, not a
+    /// lock and two string hashes.
+    request_counters: [[OnceLock<Counter>; 4]; 6],
 }
 
 impl Metrics {
     pub fn request(&self, kind: RequestKind, outcome: Outcome) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                kind: kind.as_str(),
-                outcome: outcome.as_str(),
+        self.request_counters[kind as usize][outcome as usize]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        kind: kind.as_str(),
+                        outcome: outcome.as_str(),
+                    })
+                    .clone()
             })
             .inc();
     }

@@ -60,20 +60,31 @@ fn creation_for(counter: u32, highest_version: u16) -> u32 {
     }
 }
 
-/// A remembered, no longer registered name.
+/// A remembered, no longer registered name (the name is its key).
 #[derive(Debug, Clone)]
 pub struct OldName {
-    pub name: String,
     pub port: u16,
     pub fd: i32,
     counter: u32,
+    /// When it was remembered: tells its current entry in `order` apart
+    /// from stale ones left by an earlier unregistration.
+    stamp: u64,
 }
 
 #[derive(Debug, Default)]
 struct Unregistered {
-    /// Oldest first.
-    order: VecDeque<String>,
+    /// (stamp, name), oldest first. Re-registering a name only removes it
+    /// from `by_name` (constant time; a node restarting must not scan a
+    /// thousand names): its entry here goes stale and is skipped.
+    order: VecDeque<(u64, String)>,
     by_name: HashMap<String, OldName>,
+    next_stamp: u64,
+}
+
+impl Unregistered {
+    fn is_current(&self, stamp: u64, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|o| o.stamp == stamp)
+    }
 }
 
 #[derive(Debug)]
@@ -123,10 +134,7 @@ impl Registry {
             Entry::Occupied(_) => Err(RegisterError::AlreadyRegistered(info.name)),
             Entry::Vacant(slot) => {
                 let counter = match old.by_name.remove(&info.name) {
-                    Some(prev) => {
-                        old.order.retain(|n| n != &info.name);
-                        bump(prev.counter)
-                    }
+                    Some(prev) => bump(prev.counter),
                     None => bump(unix_now()),
                 };
                 let seq = self.seq;
@@ -166,20 +174,32 @@ impl Registry {
         let max_unreg = self.max_unreg;
         let old = &mut self.old;
         // epmd keeps at most max_unreg + 1 entries before stealing the oldest.
-        while old.order.len() > max_unreg {
-            if let Some(gone) = old.order.pop_front() {
+        while old.by_name.len() > max_unreg {
+            let Some((stamp, gone)) = old.order.pop_front() else {
+                break;
+            };
+            if old.is_current(stamp, &gone) {
                 old.by_name.remove(&gone);
             }
         }
+        // Stale entries are dropped in bulk once they outnumber the live
+        // ones, so `order` stays within a constant factor of the limit.
+        if old.order.len() > 2 * (max_unreg + 1) + 16 {
+            let by_name = &old.by_name;
+            old.order
+                .retain(|(stamp, n)| by_name.get(n).is_some_and(|o| o.stamp == *stamp));
+        }
+        let stamp = old.next_stamp;
+        old.next_stamp += 1;
         let name = node.info.name.clone();
-        old.order.push_back(name.clone());
+        old.order.push_back((stamp, name.clone()));
         old.by_name.insert(
-            name.clone(),
+            name,
             OldName {
-                name,
                 port: node.info.port,
                 fd: node.fd,
                 counter: node.counter,
+                stamp,
             },
         );
     }
@@ -202,11 +222,14 @@ impl Registry {
     }
 
     /// Remembered names, oldest first (DUMP's order).
-    pub fn old_names(&self) -> impl Iterator<Item = &OldName> {
-        self.old
-            .order
-            .iter()
-            .filter_map(|n| self.old.by_name.get(n))
+    pub fn old_names(&self) -> impl Iterator<Item = (&str, &OldName)> {
+        self.old.order.iter().filter_map(|(stamp, n)| {
+            self.old
+                .by_name
+                .get(n)
+                .filter(|o| o.stamp == *stamp)
+                .map(|o| (n.as_str(), o))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -273,6 +296,32 @@ mod tests {
     }
 
     #[test]
+    fn reregistered_names_leave_the_remembered_list_in_order() {
+        let mut r = Registry::new(3);
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            r.register(info(n, 1, 6), i as u64, 10).unwrap();
+            r.unregister(n, i as u64);
+        }
+        // b comes back, then goes again: it is now the newest old name.
+        r.register(info("b", 1, 6), 10, 10).unwrap();
+        let names = |r: &Registry| {
+            r.old_names()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&r), ["a", "c"]);
+        r.unregister("b", 10);
+        assert_eq!(names(&r), ["a", "c", "b"]);
+        // Churning one name many times keeps the bookkeeping bounded.
+        for i in 0..1000u64 {
+            r.register(info("b", 1, 6), 100 + i, 10).unwrap();
+            r.unregister("b", 100 + i);
+        }
+        assert_eq!(names(&r), ["a", "c", "b"]);
+        assert!(r.old.order.len() <= 2 * 4 + 16);
+    }
+
+    #[test]
     fn remembers_a_bounded_number_of_old_names() {
         let mut r = Registry::new(5);
         for i in 0..20u64 {
@@ -282,6 +331,6 @@ mod tests {
         }
         let old: Vec<_> = r.old_names().collect();
         assert_eq!(old.len(), 6);
-        assert_eq!(old.last().map(|o| o.name.as_str()), Some("n19"));
+        assert_eq!(old.last().map(|(n, _)| *n), Some("n19"));
     }
 }

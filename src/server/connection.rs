@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::Shared;
 use super::dispatch::{Action, Caller, dispatch};
-use super::reader::{FrameReader, MAX_FRAME, Progress};
+use super::reader::{FrameReader, Progress};
 use crate::registry::ConnId;
 
 /// Whether the daemon should stop after this connection (KILL accepted).
@@ -110,7 +110,7 @@ impl Conn {
         loop {
             match &mut self.stage {
                 Stage::Read(reader) => {
-                    let mut scratch = [0u8; MAX_FRAME];
+                    let mut scratch = shared.scratch();
                     let room = reader.room();
                     let n = match io.read_some(&mut scratch[..room]) {
                         Ok(0) => {
@@ -134,7 +134,9 @@ impl Conn {
                         }
                     };
                     self.reads += 1;
-                    match reader.feed(&scratch[..n]) {
+                    let progress = reader.feed(&scratch[..n]);
+                    drop(scratch);
+                    match progress {
                         Progress::More => {}
                         Progress::Request(req) => {
                             let kind = req.kind();

@@ -75,9 +75,9 @@ pub fn dispatch(shared: &Shared, req: Request, caller: Caller) -> (Action, Outco
                 }
                 .encode(&mut out);
             }
-            for o in state.registry.old_names() {
+            for (name, o) in state.registry.old_names() {
                 Response::DumpOld {
-                    name: &o.name,
+                    name,
                     port: o.port,
                     fd: o.fd,
                 }
