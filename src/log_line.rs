@@ -121,8 +121,10 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Byte scan: an ASCII control byte is a whole character in UTF-8,
+        // so slicing around it stays on character boundaries.
         let mut rest = s;
-        while let Some(i) = rest.find(|c: char| c.is_ascii_control()) {
+        while let Some(i) = rest.bytes().position(|b| b.is_ascii_control()) {
             self.0.write_str(&rest[..i])?;
             let c = rest.as_bytes()[i];
             write!(self.0, "\\x{c:02x}")?;

@@ -9,7 +9,7 @@ mod reader;
 mod refusal;
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -67,8 +67,9 @@ pub struct State {
     /// connections can never lock out registrations and lookups.
     idle: BTreeMap<ConnId, Rc<Notify>>,
     /// The closer of each registration's connection, made when the node
-    /// registers (not when its task starts), for STOP_REQ.
-    registered: HashMap<ConnId, Rc<Notify>>,
+    /// registers (not when its task starts), for STOP_REQ. Ordered by our
+    /// own increasing ids: no hashing needed.
+    registered: BTreeMap<ConnId, Rc<Notify>>,
 }
 
 impl State {
@@ -115,7 +116,7 @@ impl Shared {
             state: RefCell::new(State {
                 registry: Registry::new(max_unreg),
                 idle: BTreeMap::new(),
-                registered: HashMap::new(),
+                registered: BTreeMap::new(),
             }),
             next_conn: Cell::new(1),
             refusals_logged: Cell::new(0),
