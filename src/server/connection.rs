@@ -172,7 +172,8 @@ impl Conn {
                     let Stage::Write { action, .. } =
                         std::mem::replace(&mut self.stage, Stage::Finished)
                     else {
-                        unreachable!("matched above");
+                        // Only reached from the Write stage just matched.
+                        return Step::Done(After::Continue);
                     };
                     return match action {
                         Action::Close | Action::ReplyClose(_) => Step::Done(After::Continue),
