@@ -14,7 +14,7 @@ fn info(name: &str) -> NodeInfo {
 
 /// A registry holding `n` nodes named n0..n{n-1}.
 fn filled(n: u64) -> Registry {
-    let r = Registry::default();
+    let mut r = Registry::default();
     for i in 0..n {
         r.register(info(&format!("n{i}")), i, 10)
             .expect("fresh name");
@@ -26,10 +26,10 @@ fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     let r = filled(100);
     g.bench_function("hit", |b| {
-        b.iter(|| r.with_node(black_box("n42"), |n| n.map(|n| n.port)))
+        b.iter(|| r.get(black_box("n42")).map(|n| n.port))
     });
     g.bench_function("miss", |b| {
-        b.iter(|| r.with_node(black_box("absent"), |n| n.map(|n| n.port)))
+        b.iter(|| r.get(black_box("absent")).map(|n| n.port))
     });
     g.finish();
 }
@@ -38,7 +38,7 @@ fn churn(c: &mut Criterion) {
     let mut g = c.benchmark_group("churn");
     // A name seen before: exercises the remembered-names path as a node
     // restarting does (creation = old counter + 1).
-    let r = filled(10);
+    let mut r = filled(10);
     let mut conn = 1_000u64;
     g.bench_function("register+unregister", |b| {
         b.iter(|| {

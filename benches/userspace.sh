@@ -2,8 +2,10 @@
 # User-space instructions per request (valgrind callgrind "Ir"), kube-epmd
 # and OTP's C epmd side by side. Unlike CPU time, instruction counts do not
 # move with the load other people put on a shared machine, so they show the
-# daemon's own work precisely; they do not include kernel time (see
-# compare.sh for that). Loopback only; port 16102.
+# daemon's own work; they do not include kernel time (see compare.sh for
+# that). They still move by up to ~30 % between runs on a busy machine (how
+# many requests one event-loop wake-up serves changes): run it a few times
+# and quote ranges. Loopback only; port 16102.
 #
 #   benches/userspace.sh [--requests N] [BINARY]
 set -euo pipefail

@@ -1,7 +1,8 @@
 //! Writes the fuzz seed corpus (fuzz/seeds/{decode,connection}/) from
 //! requests encoded by the crate's own codec, so the seeds always match
-//! the wire format. proto/vectors has no captured frames yet; when it does,
-//! they belong here too.
+//! the wire format, plus every request captured from real clients in
+//! proto/vectors (see proto/capture.py), as real nodes and epmd's client
+//! sent them.
 //!
 //!     cargo run --example fuzz_seeds -- fuzz/seeds
 
@@ -38,13 +39,43 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(dir.join(name), bytes)
 }
 
+/// The request bytes (`> ` line) of each captured vector, by file stem.
+fn captured() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let Some(hex) = text.lines().find_map(|l| l.strip_prefix("> ")) else {
+            continue;
+        };
+        let bytes: Option<Vec<u8>> = hex
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).ok())
+            .collect();
+        let Some(bytes) = bytes else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: bad hex in the request line", path.display()),
+            ));
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((format!("captured_{stem}"), bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn main() -> std::io::Result<()> {
     let root = PathBuf::from(
         std::env::args()
             .nth(1)
             .unwrap_or_else(|| "fuzz/seeds".into()),
     );
-    let frames: Vec<(&str, Vec<u8>)> = vec![
+    let mut frames: Vec<(String, Vec<u8>)> = [
         ("alive2_v6", frame(&alive("ejabberd", 6, b""))),
         ("alive2_v5_extra", frame(&alive("n1", 5, b"\x01\x02extra"))),
         ("alive2_utf8", frame(&alive("nœud", 6, b""))),
@@ -86,7 +117,11 @@ fn main() -> std::io::Result<()> {
         ("oversized", vec![0x0b, 0xf2, b'n']),
         ("unknown_code", vec![0, 1, b'p']),
         ("surplus", vec![0, 1, b'n', b'n']),
-    ];
+    ]
+    .into_iter()
+    .map(|(n, f)| (n.to_string(), f))
+    .collect();
+    frames.extend(captured()?);
     let decode = root.join("decode");
     let connection = root.join("connection");
     std::fs::create_dir_all(&decode)?;

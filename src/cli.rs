@@ -30,10 +30,10 @@ const EPMD_LONG_FLAGS: &[&str] = &[
     "-stop",
 ];
 
-/// The default EPMD port, as in OTP.
-pub const DEFAULT_PORT: u16 = 4369;
+pub use crate::server::{DEFAULT_PORT, PortRange};
 
-/// The distribution port window ejabberd's `FIREWALL_WINDOW` pins by default.
+/// The distribution port window Kubernetes mode pins by default (ejabberd's
+/// `FIREWALL_WINDOW` has no default upstream: the deploy sets it to this).
 pub const DEFAULT_KUBE_DIST_RANGE: PortRange = PortRange {
     min: 4200,
     max: 4210,
@@ -84,6 +84,8 @@ pub struct EpmdArgs {
     pub relaxed_command_check: bool,
 
     /// Seconds a non-registration connection may stay idle before it is closed.
+    /// Counted as epmd does, in whole seconds checked once a second (every
+    /// 5 s from 5 up): a client pausing exactly this long is kept.
     #[arg(long = "packet_timeout", alias = "packet-timeout", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub packet_timeout: u64,
@@ -125,7 +127,9 @@ pub struct EpmdArgs {
     #[arg(long, value_name = "MIN-MAX", env = "KUBE_EPMD_DIST_PORT_RANGE")]
     pub dist_port_range: Option<RangeSetting>,
 
-    /// Most connections served at once; more are accepted and closed at once.
+    /// Most connections served at once. At the limit a new connection makes
+    /// room by closing the oldest one still waiting for its request; if none
+    /// is waiting (all are registrations or being answered) it is closed.
     #[arg(long, env = "KUBE_EPMD_MAX_CONNECTIONS", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(16..))]
     pub max_connections: u32,
@@ -210,25 +214,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// An inclusive range of TCP ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl PortRange {
-    pub fn contains(&self, port: u16) -> bool {
-        (self.min..=self.max).contains(&port)
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.min, self.max)
-    }
-}
-
 /// `--dist-port-range` as given: a range or explicitly off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeSetting {
@@ -276,12 +261,24 @@ pub enum ClientCommand {
 
 impl Args {
     /// Parse a full argv (program name first), accepting epmd's spellings.
+    /// An argument that is not UTF-8 is an error naming it.
     pub fn parse_from_epmd<I, T>(argv: I) -> Result<Args, clap::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<String>,
+        T: Into<std::ffi::OsString>,
     {
-        Args::try_parse_from(normalize_epmd_flags(argv.into_iter().map(Into::into)))
+        let argv = argv
+            .into_iter()
+            .map(|a| {
+                a.into().into_string().map_err(|bad| {
+                    clap::Error::raw(
+                        clap::error::ErrorKind::InvalidUtf8,
+                        format!("argument {bad:?} is not valid UTF-8\n"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<String>, _>>()?;
+        Args::try_parse_from(normalize_epmd_flags(argv.into_iter()))
     }
 
     pub fn client_command(&self) -> Option<ClientCommand> {

@@ -98,6 +98,55 @@ fn fixed_reply(
     }
 }
 
+/// Whoever holds the EPMD port at `addr`, described by what it answers to
+/// NAMES (an EPMD lists its port and nodes; anything else is shown as the
+/// bytes it sent). For the error when the port is taken: the holder is
+/// usually OTP's epmd, started by an application's `erl`.
+pub fn describe_holder(addr: SocketAddr, timeout: Duration) -> String {
+    let answer = (|| {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let mut buf = BytesMut::new();
+        encode_request(&Request::Names, &mut buf);
+        s.write_all(&buf)?;
+        let mut reply = Vec::new();
+        // An EPMD closes after its answer; something else may not, so take
+        // what came within the timeout.
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) if reply.len() < 64 * 1024 => reply.extend_from_slice(&chunk[..n]),
+                Ok(_) => break,
+                Err(e) if reply.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok::<_, std::io::Error>(reply)
+    })();
+    match answer {
+        Err(e) => format!("it does not answer NAMES at {addr} ({e})"),
+        Ok(r) if r.len() >= 4 => {
+            let port = u32::from_be_bytes([r[0], r[1], r[2], r[3]]);
+            let nodes = String::from_utf8_lossy(&r[4..]);
+            let nodes = nodes.trim_end();
+            if nodes.is_empty() {
+                format!("it answers NAMES as an EPMD on port {port} with no node registered")
+            } else {
+                format!(
+                    "it answers NAMES as an EPMD on port {port} with: {}",
+                    nodes.replace('\n', "; ")
+                )
+            }
+        }
+        Ok(r) => format!(
+            "it does not answer NAMES as an EPMD (got {:?})",
+            String::from_utf8_lossy(&r)
+        ),
+    }
+}
+
 /// epmd tries ::1 first, then 127.0.0.1.
 fn connect(port: u16) -> Option<TcpStream> {
     let timeout = Duration::from_secs(5);

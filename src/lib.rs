@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod kubernetes;
+pub mod log_line;
 pub mod metrics;
 pub mod peers;
 pub mod process;

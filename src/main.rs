@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
-    let args = match Args::parse_from_epmd(std::env::args()) {
+    // args_os: a non-UTF-8 argument is a clap error (message, exit 2), not
+    // the panic std::env::args() gives.
+    let args = match Args::parse_from_epmd(std::env::args_os()) {
         Ok(a) => a,
         // clap prints the problem (or --help) and picks the exit code.
         Err(e) => e.exit(),
@@ -82,6 +84,13 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         max_connections: max_conn,
         debug: args.epmd.debug > 0,
     };
+    // systemd's sockets before the runtime: LISTEN_FDS start at fd 3,
+    // where the runtime would otherwise open its own descriptors.
+    let inherited = if args.epmd.systemd {
+        Some(server::from_systemd()?)
+    } else {
+        None
+    };
     // One thread: requests are answered inline by the accept loop (see
     // server::connection), so worker threads would only add stacks, malloc
     // arenas and wake-ups. Blocking work must go to spawn_blocking.
@@ -89,33 +98,47 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async_main(args, addrs, config))
+    runtime.block_on(async_main(args, addrs, config, inherited))
+}
+
+/// The EPMD listening sockets, or None when the port is taken in plain mode
+/// (epmd exits 0 there: `erl` starts one on every boot).
+fn listen(
+    args: &Args,
+    addrs: &[std::net::IpAddr],
+    port: u16,
+) -> anyhow::Result<Option<Vec<std::net::TcpListener>>> {
+    match server::bind_all(addrs, port) {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ BindError::InUse { .. }) if !args.kube.kubernetes => {
+            warn!("{e}; exiting");
+            Ok(None)
+        }
+        Err(e @ BindError::InUse { addr, port }) => {
+            // A sidecar that cannot hold 4369 is a failure the pod must
+            // show, not a clean exit: say who holds it and how to keep it
+            // free.
+            Err(anyhow::Error::new(e).context(port_taken(addr, port)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn async_main(
     args: Args,
     addrs: Vec<std::net::IpAddr>,
     config: Config,
+    inherited: Option<Vec<std::net::TcpListener>>,
 ) -> anyhow::Result<()> {
-    let listeners = if args.epmd.systemd {
-        server::from_systemd()?
-    } else {
-        match server::bind_all(&addrs, config.port) {
-            Ok(l) => l,
-            Err(e @ BindError::InUse { .. }) if !args.kube.kubernetes => {
-                // epmd exits 0 here: `erl` starts one on every boot.
-                warn!("{e}; exiting");
-                return Ok(());
-            }
-            Err(e @ BindError::InUse { .. }) => {
-                // A sidecar that cannot hold 4369 is a failure the pod
-                // must show, not a clean exit.
-                return Err(
-                    anyhow::Error::new(e).context("Kubernetes mode needs the EPMD port for itself")
-                );
-            }
-            Err(e) => return Err(e.into()),
-        }
+    // Handlers first: once the port accepts connections a SIGTERM must mean
+    // a clean shutdown, not the default (death).
+    let signalled = on_signal();
+    let listeners = match inherited {
+        Some(l) => l,
+        None => match listen(&args, &addrs, config.port)? {
+            Some(l) => l,
+            None => return Ok(()),
+        },
     };
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -147,20 +170,38 @@ async fn async_main(
         });
         info!(%addr, "admin endpoint listening");
     }
-    let shared = Arc::new(Shared::new(config, metrics));
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         let _ = shutdown_tx.send(true);
     });
     info!(
-        port = shared.config.port,
+        port = config.port,
         addresses = ?addrs,
-        dist_port_range = ?shared.config.dist_range.map(|r| r.to_string()),
+        dist_port_range = ?config.dist_range.map(|r| r.to_string()),
         "kube-epmd listening"
     );
-    server::serve(listeners, shared, shutdown_rx).await;
+    server::serve(listeners, Shared::new(config, metrics), shutdown_rx).await;
     info!("kube-epmd stopped");
     Ok(())
+}
+
+/// Why Kubernetes mode cannot start when the EPMD port is taken, naming the
+/// holder (asked with NAMES) and how to keep it from starting.
+fn port_taken(addr: std::net::IpAddr, port: u16) -> String {
+    let target = match addr {
+        a if a.is_unspecified() && a.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        a if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        a => a,
+    };
+    let holder = client::describe_holder((target, port).into(), Duration::from_secs(2));
+    format!(
+        "Kubernetes mode needs the EPMD port for itself, but another process holds it: \
+         {holder}. That is usually OTP's epmd, which `erl` starts unless told \
+         `-start_epmd false`: add that flag to the application's Erlang options (ejabberd: \
+         ERL_OPTIONS; RabbitMQ: ERL_ZFLAGS=\"-start_epmd false\" in the broker's environment, \
+         so that its epmd-starter helper inherits it; any release: ERL_ZFLAGS), then restart \
+         the pod"
+    )
 }
 
 /// Kubernetes mode: build the API client (in-cluster or KUBECONFIG),
@@ -185,17 +226,22 @@ async fn start_discovery(args: &Args) -> anyhow::Result<kubernetes::Discovery> {
     kubernetes::start(client, settings).context("cannot prepare the resolver files")
 }
 
-async fn wait_for_signal() {
+/// Register SIGTERM and SIGINT handlers now; the future resolves when one
+/// arrives.
+fn on_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the default action (exit) still applies.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics shared by the EPMD server and Kubernetes discovery.
 //! Rendered as text by the admin endpoint (`/metrics`).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +46,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Why a registration was refused, and which program (by its node name)
+/// asked: `kube_epmd_registrations_refused_total{reason,program}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+    pub program: &'static str,
+}
+
 /// Every metric this daemon exports. Cheap to update from the request path:
 /// counters are atomics, families are looked up under a read lock.
 #[derive(Debug, Default)]
@@ -57,15 +67,32 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     pub accept_errors: Counter,
     pub registered_nodes: Gauge,
+    /// Refused ALIVE2 requests: counted every time, logged as the policy in
+    /// server::dispatch says (short-lived helpers only once).
+    pub registrations_refused: Family<RefusalLabels, Counter>,
+    /// `requests`' counters by [kind][outcome], each taken from the family
+    /// on first use: counting a request is then one atomic add, not a
+    /// lock and two string hashes.
+    request_counters: [[OnceLock<Counter>; 4]; 6],
 }
 
 impl Metrics {
     pub fn request(&self, kind: RequestKind, outcome: Outcome) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                kind: kind.as_str(),
-                outcome: outcome.as_str(),
+        self.request_counters[kind as usize][outcome as usize]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        kind: kind.as_str(),
+                        outcome: outcome.as_str(),
+                    })
+                    .clone()
             })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &'static str, program: &'static str) {
+        self.registrations_refused
+            .get_or_create(&RefusalLabels { reason, program })
             .inc();
     }
 
@@ -109,6 +136,11 @@ impl Metrics {
             "registered_nodes",
             "Erlang nodes currently registered",
             self.registered_nodes.clone(),
+        );
+        registry.register(
+            "registrations_refused",
+            "Refused registrations by reason and program (from the node name)",
+            self.registrations_refused.clone(),
         );
     }
 

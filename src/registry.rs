@@ -1,6 +1,7 @@
 //! The node registry: which names are alive on which port, and the creation
-//! numbers of names seen before. Plain data behind a small API; the server
-//! decides who may call what.
+//! numbers of names seen before. Plain data behind a small API, owned by
+//! the EPMD server's one thread (no lock: nothing else touches it); the
+//! server decides who may call what.
 //!
 //! Semantics follow `node_reg2` in OTP's epmd_srv.c:
 //! - a name is registered at most once; a second ALIVE2 for it fails;
@@ -10,13 +11,10 @@
 //! - up to 1000 unregistered names are remembered (5 when debugging), oldest
 //!   forgotten first.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use thiserror::Error;
 
 use crate::codec::{NodeInfo, X_RESP_MIN_VERSION};
@@ -62,28 +60,39 @@ fn creation_for(counter: u32, highest_version: u16) -> u32 {
     }
 }
 
-/// A remembered, no longer registered name.
+/// A remembered, no longer registered name (the name is its key).
 #[derive(Debug, Clone)]
 pub struct OldName {
-    pub name: String,
     pub port: u16,
     pub fd: i32,
     counter: u32,
+    /// When it was remembered: tells its current entry in `order` apart
+    /// from stale ones left by an earlier unregistration.
+    stamp: u64,
 }
 
 #[derive(Debug, Default)]
 struct Unregistered {
-    /// Oldest first.
-    order: VecDeque<String>,
+    /// (stamp, name), oldest first. Re-registering a name only removes it
+    /// from `by_name` (constant time; a node restarting must not scan a
+    /// thousand names): its entry here goes stale and is skipped.
+    order: VecDeque<(u64, String)>,
     by_name: HashMap<String, OldName>,
+    next_stamp: u64,
+}
+
+impl Unregistered {
+    fn is_current(&self, stamp: u64, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|o| o.stamp == stamp)
+    }
 }
 
 #[derive(Debug)]
 pub struct Registry {
-    live: DashMap<String, Node>,
-    old: Mutex<Unregistered>,
+    live: HashMap<String, Node>,
+    old: Unregistered,
     max_unreg: usize,
-    seq: AtomicU64,
+    seq: u64,
 }
 
 impl Default for Registry {
@@ -106,35 +115,30 @@ fn unix_now() -> u32 {
 impl Registry {
     pub fn new(max_unreg: usize) -> Self {
         Registry {
-            live: DashMap::new(),
-            old: Mutex::new(Unregistered::default()),
+            live: HashMap::new(),
+            old: Unregistered::default(),
             max_unreg,
-            seq: AtomicU64::new(0),
+            seq: 0,
         }
     }
 
-    fn old(&self) -> std::sync::MutexGuard<'_, Unregistered> {
-        // A panic elsewhere cannot leave this plain data half-updated in a
-        // way that matters more than losing the service, so keep going.
-        self.old.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Register `info` for connection `conn`; returns the creation to report.
-    pub fn register(&self, info: NodeInfo, conn: ConnId, fd: i32) -> Result<u32, RegisterError> {
+    pub fn register(
+        &mut self,
+        info: NodeInfo,
+        conn: ConnId,
+        fd: i32,
+    ) -> Result<u32, RegisterError> {
+        let old = &mut self.old;
         match self.live.entry(info.name.clone()) {
             Entry::Occupied(_) => Err(RegisterError::AlreadyRegistered(info.name)),
             Entry::Vacant(slot) => {
-                let counter = {
-                    let mut old = self.old();
-                    match old.by_name.remove(&info.name) {
-                        Some(prev) => {
-                            old.order.retain(|n| n != &info.name);
-                            bump(prev.counter)
-                        }
-                        None => bump(unix_now()),
-                    }
+                let counter = match old.by_name.remove(&info.name) {
+                    Some(prev) => bump(prev.counter),
+                    None => bump(unix_now()),
                 };
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let seq = self.seq;
+                self.seq += 1;
                 let node = Node {
                     info,
                     conn,
@@ -150,36 +154,52 @@ impl Registry {
     }
 
     /// Forget the registration held by `conn` for `name`, if that is still it.
-    pub fn unregister(&self, name: &str, conn: ConnId) -> Option<Node> {
-        let (_, node) = self.live.remove_if(name, |_, n| n.conn == conn)?;
+    pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Node> {
+        if self.live.get(name)?.conn != conn {
+            return None;
+        }
+        let node = self.live.remove(name)?;
         self.remember(&node);
         Some(node)
     }
 
     /// Forget `name` whoever holds it (STOP_REQ); the caller closes its socket.
-    pub fn unregister_name(&self, name: &str) -> Option<Node> {
-        let (_, node) = self.live.remove(name)?;
+    pub fn unregister_name(&mut self, name: &str) -> Option<Node> {
+        let node = self.live.remove(name)?;
         self.remember(&node);
         Some(node)
     }
 
-    fn remember(&self, node: &Node) {
-        let mut old = self.old();
+    fn remember(&mut self, node: &Node) {
+        let max_unreg = self.max_unreg;
+        let old = &mut self.old;
         // epmd keeps at most max_unreg + 1 entries before stealing the oldest.
-        while old.order.len() > self.max_unreg {
-            if let Some(gone) = old.order.pop_front() {
+        while old.by_name.len() > max_unreg {
+            let Some((stamp, gone)) = old.order.pop_front() else {
+                break;
+            };
+            if old.is_current(stamp, &gone) {
                 old.by_name.remove(&gone);
             }
         }
+        // Stale entries are dropped in bulk once they outnumber the live
+        // ones, so `order` stays within a constant factor of the limit.
+        if old.order.len() > 2 * (max_unreg + 1) + 16 {
+            let by_name = &old.by_name;
+            old.order
+                .retain(|(stamp, n)| by_name.get(n).is_some_and(|o| o.stamp == *stamp));
+        }
+        let stamp = old.next_stamp;
+        old.next_stamp += 1;
         let name = node.info.name.clone();
-        old.order.push_back(name.clone());
+        old.order.push_back((stamp, name.clone()));
         old.by_name.insert(
-            name.clone(),
+            name,
             OldName {
-                name,
                 port: node.info.port,
                 fd: node.fd,
                 counter: node.counter,
+                stamp,
             },
         );
     }
@@ -188,28 +208,28 @@ impl Registry {
         self.live.get(name).map(|n| n.info.clone())
     }
 
-    /// Run `f` on the node registered as `name` without cloning it.
-    pub fn with_node<R>(&self, name: &str, f: impl FnOnce(Option<&NodeInfo>) -> R) -> R {
-        match self.live.get(name) {
-            Some(n) => f(Some(&n.info)),
-            None => f(None),
-        }
+    /// The node registered as `name`, borrowed.
+    pub fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.live.get(name).map(|n| &n.info)
     }
 
-    /// Live nodes, newest registration first.
-    pub fn nodes(&self) -> Vec<Node> {
-        let mut v: Vec<Node> = self.live.iter().map(|e| e.value().clone()).collect();
-        v.sort_by_key(|n| std::cmp::Reverse(n.seq));
+    /// Live nodes, newest registration first (borrowed: NAMES formats them
+    /// straight into its reply).
+    pub fn nodes(&self) -> Vec<&Node> {
+        let mut v: Vec<&Node> = self.live.values().collect();
+        v.sort_unstable_by_key(|n| std::cmp::Reverse(n.seq));
         v
     }
 
     /// Remembered names, oldest first (DUMP's order).
-    pub fn old_names(&self) -> Vec<OldName> {
-        let old = self.old();
-        old.order
-            .iter()
-            .filter_map(|n| old.by_name.get(n).cloned())
-            .collect()
+    pub fn old_names(&self) -> impl Iterator<Item = (&str, &OldName)> {
+        self.old.order.iter().filter_map(|(stamp, n)| {
+            self.old
+                .by_name
+                .get(n)
+                .filter(|o| o.stamp == *stamp)
+                .map(|o| (n.as_str(), o))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -234,21 +254,25 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_newest_first() {
-        let r = Registry::default();
+        let mut r = Registry::default();
         r.register(info("a", 1, 6), 1, 10).unwrap();
         r.register(info("b", 2, 6), 2, 11).unwrap();
         assert_eq!(
             r.register(info("a", 3, 6), 3, 12),
             Err(RegisterError::AlreadyRegistered("a".into()))
         );
-        let names: Vec<_> = r.nodes().into_iter().map(|n| n.info.name).collect();
+        let names: Vec<_> = r
+            .nodes()
+            .into_iter()
+            .map(|n| n.info.name.as_str())
+            .collect();
         assert_eq!(names, ["b", "a"]);
         assert_eq!(r.lookup("a").map(|n| n.port), Some(1));
     }
 
     #[test]
     fn creation_starts_at_time_and_bumps_on_reregistration() {
-        let r = Registry::default();
+        let mut r = Registry::default();
         let before = unix_now();
         let c1 = r.register(info("a", 1, 6), 1, 10).unwrap();
         assert!(c1 > before && c1 <= unix_now() + 1, "c1={c1}");
@@ -263,7 +287,7 @@ mod tests {
 
     #[test]
     fn unregister_needs_the_holding_connection() {
-        let r = Registry::default();
+        let mut r = Registry::default();
         r.register(info("a", 1, 6), 1, 10).unwrap();
         assert!(r.unregister("a", 2).is_none());
         assert_eq!(r.len(), 1);
@@ -272,15 +296,41 @@ mod tests {
     }
 
     #[test]
+    fn reregistered_names_leave_the_remembered_list_in_order() {
+        let mut r = Registry::new(3);
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            r.register(info(n, 1, 6), i as u64, 10).unwrap();
+            r.unregister(n, i as u64);
+        }
+        // b comes back, then goes again: it is now the newest old name.
+        r.register(info("b", 1, 6), 10, 10).unwrap();
+        let names = |r: &Registry| {
+            r.old_names()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&r), ["a", "c"]);
+        r.unregister("b", 10);
+        assert_eq!(names(&r), ["a", "c", "b"]);
+        // Churning one name many times keeps the bookkeeping bounded.
+        for i in 0..1000u64 {
+            r.register(info("b", 1, 6), 100 + i, 10).unwrap();
+            r.unregister("b", 100 + i);
+        }
+        assert_eq!(names(&r), ["a", "c", "b"]);
+        assert!(r.old.order.len() <= 2 * 4 + 16);
+    }
+
+    #[test]
     fn remembers_a_bounded_number_of_old_names() {
-        let r = Registry::new(5);
+        let mut r = Registry::new(5);
         for i in 0..20u64 {
             let n = format!("n{i}");
             r.register(info(&n, 1, 6), i, 10).unwrap();
             r.unregister(&n, i);
         }
-        let old = r.old_names();
+        let old: Vec<_> = r.old_names().collect();
         assert_eq!(old.len(), 6);
-        assert_eq!(old.last().map(|o| o.name.as_str()), Some("n19"));
+        assert_eq!(old.last().map(|(n, _)| *n), Some("n19"));
     }
 }

@@ -21,7 +21,10 @@ pub fn init(format: LogFormat, debug: u8) {
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
+        // The same lines as the default format, written cheaply (see log_line).
+        LogFormat::Human => builder
+            .event_format(crate::log_line::HumanLine::default())
+            .try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }

@@ -10,17 +10,19 @@
 //! never accepts more than one frame's worth, and the held node stays
 //! registered unless a local, relaxed STOP named it.
 //!
-//! One long-lived daemon state per configuration is reused across inputs,
+//! One long-lived daemon state per configuration (per thread: the server's
+//! state is single-threaded) is reused across inputs,
 //! as a real daemon's is across connections (remembered names, creation
 //! counters); each input leaves it as it found it: only `held` registered.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use kube_epmd::codec::{NodeInfo, Request};
 use kube_epmd::metrics::Metrics;
 use kube_epmd::server::{
-    Action, Config, FrameReader, KillPolicy, MAX_FRAME, Peer, Progress, Shared, dispatch,
+    Action, Caller, Config, FrameReader, KillPolicy, MAX_FRAME, Progress, Shared, dispatch,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -31,25 +33,28 @@ fn held() -> NodeInfo {
 }
 
 /// The daemon state for the config bits of `flags` (relaxed, KILL policy).
-fn daemon(flags: u8) -> &'static Shared {
-    static DAEMONS: [OnceLock<Shared>; 4] = [const { OnceLock::new() }; 4];
-    let relaxed = flags & 1 != 0;
-    let sidecar = flags & 4 != 0;
-    DAEMONS[usize::from(relaxed) | usize::from(sidecar) << 1].get_or_init(|| {
-        let config = Config {
-            relaxed,
-            kill: if sidecar {
-                KillPolicy::Survive
-            } else {
-                KillPolicy::Epmd
-            },
-            // epmd -d's short memory of unregistered names (5, not 1000):
-            // otherwise every DUMP input formats a thousand lines.
-            debug: true,
-            ..Config::default()
-        };
-        Shared::new(config, Arc::new(Metrics::default()))
-    })
+fn daemon(flags: u8) -> Rc<Shared> {
+    thread_local! {
+        static DAEMONS: [Rc<Shared>; 4] = std::array::from_fn(|i| {
+            let relaxed = i & 1 != 0;
+            let sidecar = i & 2 != 0;
+            let config = Config {
+                relaxed,
+                kill: if sidecar {
+                    KillPolicy::Survive
+                } else {
+                    KillPolicy::Epmd
+                },
+                // epmd -d's short memory of unregistered names (5, not 1000):
+                // otherwise every DUMP input formats a thousand lines.
+                debug: true,
+                ..Config::default()
+            };
+            Rc::new(Shared::new(config, Arc::new(Metrics::default())))
+        });
+    }
+    let i = usize::from(flags & 1 != 0) | usize::from(flags & 4 != 0) << 1;
+    DAEMONS.with(|d| d[i].clone())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -57,13 +62,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let shared = daemon(flags);
-    if shared.registry.lookup(HELD).is_none() {
+    if shared.state().registry.lookup(HELD).is_none() {
         shared
-            .registry
+            .state()
             .register(held(), 1, 7)
             .expect("only held is ever left");
     }
-    let peer = Peer {
+    let peer = Caller {
         conn: 2,
         fd: 8,
         local: flags & 2 != 0,
@@ -95,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
 
     let stops_held =
         matches!(&request, Request::Stop { name } if name == HELD.as_bytes()) && flags & 3 == 3;
-    let (action, _) = dispatch(shared, request, peer);
+    let (action, _) = dispatch(&shared, request, peer);
     if shared.config.kill == KillPolicy::Survive {
         assert!(
             !matches!(action, Action::ReplyExit(_)),
@@ -104,11 +109,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Action::ReplyKeep(_, Some(name)) = &action {
         assert!(peer.local, "registration from a non-local peer");
-        assert!(shared.registry.lookup(name).is_some());
-        shared.registry.unregister(name, peer.conn);
+        assert!(shared.state().registry.lookup(name).is_some());
+        shared.state().registry.unregister(name, peer.conn);
     }
     assert_eq!(
-        shared.registry.lookup(HELD).is_some(),
+        shared.state().registry.lookup(HELD).is_some(),
         !stops_held,
         "held node registration changed"
     );

@@ -409,8 +409,7 @@ fn proc_sample(pid: u32) -> anyhow::Result<ProcSample> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     let ticks = tick(11) + tick(12);
     let user = Duration::from_nanos(tick(11) * 1_000_000_000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -431,45 +430,37 @@ fn proc_sample(pid: u32) -> anyhow::Result<ProcSample> {
 }
 
 fn self_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.max(0) as u32)
 }
 
 fn pin_to(cpus: &[usize]) -> anyhow::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET stays within its bounds for
-    // the CPU numbers sched_setaffinity accepts.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity: {}", io::Error::last_os_error());
-        }
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        set.set(c);
     }
-    Ok(())
+    rustix::thread::sched_setaffinity(None, &set)
+        .map_err(|e| anyhow::anyhow!("sched_setaffinity: {e}"))
 }
 
 /// Raise our own descriptor limit so `--hold-idle` and many clients fit.
+/// Failure only means fewer connections can be held, which the report shows.
 fn raise_nofile(want: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
-    };
-    // SAFETY: setrlimit reads the struct we pass. Failure only means fewer
-    // connections can be held, which the report shows.
-    unsafe {
-        let mut cur: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
-        if cur.rlim_cur < want && libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            let lim = libc::rlimit {
-                rlim_cur: cur.rlim_max,
-                rlim_max: cur.rlim_max,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    if cur.current.is_some_and(|c| c < want) {
+        let wanted = Rlimit {
+            current: Some(want),
+            maximum: Some(want),
+        };
+        if setrlimit(Resource::Nofile, wanted).is_err() {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: cur.maximum,
+                    maximum: cur.maximum,
+                },
+            );
         }
     }
 }

@@ -3,16 +3,17 @@
 //! No sockets here; the connection carries out the returned [`Action`].
 
 use bytes::BytesMut;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{KillPolicy, Shared};
+use super::{KillPolicy, Program, Shared};
 use crate::codec::{Alive2, NodeInfo, Request, Response, validate_alive2};
 use crate::metrics::Outcome;
 use crate::registry::ConnId;
 
-/// Who is asking.
+/// Who is asking: the connection a request came on and what its remote
+/// address allows (not a Kubernetes peer: those are in crate::peers).
 #[derive(Debug, Clone, Copy)]
-pub struct Peer {
+pub struct Caller {
     pub conn: ConnId,
     pub fd: i32,
     /// Loopback, or the same address as the socket's own (epmd's rule).
@@ -33,26 +34,27 @@ pub enum Action {
     ReplyExit(BytesMut),
 }
 
-pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) {
+pub fn dispatch(shared: &Shared, req: Request, caller: Caller) -> (Action, Outcome) {
     let local_only = matches!(
         req,
         Request::Alive2(_) | Request::Dump | Request::Kill | Request::Stop { .. }
     );
-    if local_only && !peer.local {
+    if local_only && !caller.local {
         warn!(
             kind = req.kind().as_str(),
-            conn = peer.conn,
+            conn = caller.conn,
             "request from non-local address refused"
         );
         return (Action::Close, Outcome::Dropped);
     }
     match req {
-        Request::Alive2(a) => alive2(shared, a, peer),
+        Request::Alive2(a) => alive2(shared, a, caller),
         Request::PortPlease2 { name } => port_please2(shared, &name),
         Request::Names => {
             let mut out = BytesMut::with_capacity(256);
             Response::PortHeader(shared.config.port).encode(&mut out);
-            for n in shared.registry.nodes() {
+            let state = shared.state();
+            for n in state.registry.nodes() {
                 Response::NameLine {
                     name: &n.info.name,
                     port: n.info.port,
@@ -64,7 +66,8 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
         Request::Dump => {
             let mut out = BytesMut::with_capacity(256);
             Response::PortHeader(shared.config.port).encode(&mut out);
-            for n in shared.registry.nodes() {
+            let state = shared.state();
+            for n in state.registry.nodes() {
                 Response::DumpActive {
                     name: &n.info.name,
                     port: n.info.port,
@@ -72,9 +75,9 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
                 }
                 .encode(&mut out);
             }
-            for o in shared.registry.old_names() {
+            for (name, o) in state.registry.old_names() {
                 Response::DumpOld {
-                    name: &o.name,
+                    name,
                     port: o.port,
                     fd: o.fd,
                 }
@@ -87,37 +90,48 @@ pub fn dispatch(shared: &Shared, req: Request, peer: Peer) -> (Action, Outcome) 
     }
 }
 
-fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
+fn alive2(shared: &Shared, a: Alive2, caller: Caller) -> (Action, Outcome) {
     let hv = a.highest_version;
-    let refuse = |outcome| {
+    let refuse = |reason, program: Program| {
+        shared.metrics.refused(reason, program.as_str());
         let reply = Response::Alive2 {
             ok: false,
             creation: 99,
             highest_version: hv,
         }
         .to_bytes();
-        (Action::ReplyKeep(reply, None), outcome)
+        (Action::ReplyKeep(reply, None), Outcome::Refused)
     };
     let name = match validate_alive2(&a) {
         Ok(n) => n.to_owned(),
         Err(e) => {
             warn!(error = %e, "registration refused");
-            return refuse(Outcome::Refused);
+            return refuse("invalid", Program::Erlang);
         }
     };
+    let program = Program::of(&name);
     if let Some(range) = shared.config.dist_range
         && !range.contains(a.port)
     {
-        warn!(
-            node = %name,
-            port = a.port,
-            range = %range,
-            "registration refused: distribution port outside the pinned range {range}; \
-             start the node with `-kernel inet_dist_listen_min {} inet_dist_listen_max {}` \
-             (ejabberd: FIREWALL_WINDOW={}-{})",
-            range.min, range.max, range.min, range.max
-        );
-        return refuse(Outcome::Refused);
+        if shared.first_refusal(program) {
+            let then = if program.is_helper() {
+                "; further refusals of this program are only counted \
+                 (kube_epmd_registrations_refused_total)"
+            } else {
+                ""
+            };
+            warn!(
+                node = %name,
+                port = a.port,
+                range = %range,
+                program = program.as_str(),
+                "registration refused: distribution port outside the pinned range {range}; {}{then}",
+                program.advice(range)
+            );
+        } else {
+            debug!(node = %name, port = a.port, "registration refused: port outside the range");
+        }
+        return refuse("port_outside_range", program);
     }
     let info = NodeInfo {
         port: a.port,
@@ -128,7 +142,8 @@ fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
         name: name.clone(),
         extra: a.extra,
     };
-    match shared.registry.register(info, peer.conn, peer.fd) {
+    let registered = shared.state().register(info, caller.conn, caller.fd);
+    match registered {
         Ok(creation) => {
             info!(node = %name, port = a.port, creation, "node registered");
             shared.metrics.registered_nodes.inc();
@@ -142,7 +157,7 @@ fn alive2(shared: &Shared, a: Alive2, peer: Peer) -> (Action, Outcome) {
         }
         Err(e) => {
             warn!(error = %e, "registration refused");
-            refuse(Outcome::Refused)
+            refuse("name_in_use", program)
         }
     }
 }
@@ -151,7 +166,7 @@ fn port_please2(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
     // The codec has checked the name is UTF-8; a name that is not cannot be
     // registered either, so it is a miss.
     let name = std::str::from_utf8(name).unwrap_or_default();
-    shared.registry.with_node(name, |node| match node {
+    match shared.state().registry.get(name) {
         Some(info) => (
             Action::ReplyClose(Response::Port2Hit(info).to_bytes()),
             Outcome::Ok,
@@ -160,11 +175,11 @@ fn port_please2(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
             Action::ReplyClose(Response::Port2Miss.to_bytes()),
             Outcome::Miss,
         ),
-    })
+    }
 }
 
 fn kill(shared: &Shared) -> (Action, Outcome) {
-    let reg = shared.registry.len();
+    let reg = shared.state().registry.len();
     let no = || {
         (
             Action::ReplyClose(Response::Kill { ok: false }.to_bytes()),
@@ -202,11 +217,14 @@ fn stop(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
         return (Action::Close, Outcome::Dropped);
     }
     let name = String::from_utf8_lossy(name);
-    match shared.registry.unregister_name(&name) {
-        Some(node) => {
+    // Unregister and close the holder's connection in one step: the
+    // connection's closer exists from the moment it registered, so a STOP
+    // that arrives before the connection's task runs still closes it.
+    let stopped = shared.state().stop(&name);
+    match stopped {
+        Some(_) => {
             info!(node = %name, "node unregistered by STOP_REQ");
             shared.metrics.registered_nodes.dec();
-            shared.kick(node.conn);
             (
                 Action::ReplyClose(Response::Stopped.to_bytes()),
                 Outcome::Ok,

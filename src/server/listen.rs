@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use std::net::TcpListener;
 use thiserror::Error;
-use tokio::net::TcpListener;
 
 #[derive(Debug, Error)]
 pub enum BindError {
@@ -25,7 +25,7 @@ pub enum BindError {
     Systemd(String),
 }
 
-fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -50,9 +50,7 @@ pub fn bind_all(addrs: &[IpAddr], port: u16) -> Result<Vec<TcpListener>, BindErr
     for ip in addrs {
         let addr = SocketAddr::new(*ip, port);
         match listen_on(addr) {
-            Ok(l) => {
-                out.push(TcpListener::from_std(l).map_err(|source| BindError::Io { addr, source })?)
-            }
+            Ok(l) => out.push(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 return Err(BindError::InUse { addr: *ip, port });
             }
@@ -77,63 +75,21 @@ fn is_unsupported_family(e: &std::io::Error) -> bool {
 
 /// accept4() a pending connection, already non-blocking and close-on-exec
 /// (std's accept would need a further fcntl to make it non-blocking).
-pub fn accept_nonblocking(
-    listener: &std::net::TcpListener,
-) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: sockaddr_storage is plain data, large enough for any address.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the pointers are to our own storage and length, valid for the call.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    let peer = sockaddr_to_std(&storage).ok_or_else(|| {
+pub fn accept_nonblocking(listener: &Socket) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (stream, addr) = listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = addr.as_socket().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "unexpected peer address family",
         )
     })?;
-    Ok((stream, peer))
-}
-
-fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match s.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+    Ok((stream.into(), peer))
 }
 
 /// Listening sockets passed by systemd (sd_listen_fds protocol: LISTEN_PID
-/// is ours, LISTEN_FDS sockets start at fd 3).
+/// is ours, LISTEN_FDS sockets start at fd 3). Must run before anything
+/// else opens a descriptor that could be mistaken for them (the async
+/// runtime opens its epoll and eventfd descriptors when it is built).
 pub fn from_systemd() -> Result<Vec<TcpListener>, BindError> {
     use std::os::fd::FromRawFd;
     let pid: u32 = std::env::var("LISTEN_PID")
@@ -152,12 +108,12 @@ pub fn from_systemd() -> Result<Vec<TcpListener>, BindError> {
         .ok_or_else(|| BindError::Systemd("LISTEN_FDS is not a positive number".into()))?;
     let mut out = Vec::new();
     for fd in 3..3 + n {
-        // SAFETY: systemd passed these descriptors to us and nothing else in
-        // this process owns them.
-        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // SAFETY: systemd passed these descriptors to us (LISTEN_PID is
+        // ours) and nothing else in this process has taken them: this runs
+        // before the runtime or any other code opens descriptors.
+        let l = unsafe { TcpListener::from_raw_fd(fd) };
         l.set_nonblocking(true)
-            .and_then(|_| TcpListener::from_std(l))
-            .map(|l| out.push(l))
+            .map(|_| out.push(l))
             .map_err(|e| BindError::Systemd(format!("fd {fd}: {e}")))?;
     }
     Ok(out)

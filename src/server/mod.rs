@@ -1,93 +1,106 @@
 //! The EPMD server: listening sockets, the accept loop, the connection
 //! limit and its eviction of idle connections, and shutdown.
 
+mod config;
 mod connection;
 mod dispatch;
 mod listen;
 mod reader;
+mod refusal;
 
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::BTreeMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-
-use dashmap::DashMap;
+use socket2::Socket;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
-use tracing::{debug, error, warn};
+use tokio::task::LocalSet;
+use tracing::{debug, error, info, warn};
 
-pub use connection::{After, Later, Now, serve_later, serve_now};
-pub use dispatch::{Action, Peer, dispatch};
+pub use config::{Config, DEFAULT_PORT, KillPolicy, PortRange};
+pub use connection::{After, idle_limit};
+pub use dispatch::{Action, Caller, dispatch};
 pub use listen::{BindError, bind_all, from_systemd};
 pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
+pub use refusal::Program;
 
-use crate::cli::PortRange;
 use crate::metrics::Metrics;
-use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Registry};
+use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Node, Registry};
+use connection::Now;
 
-/// What a local KILL_REQ does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillPolicy {
-    /// As epmd: `OK` and exit when no node is registered or checks are relaxed.
-    Epmd,
-    /// Sidecar: answer as epmd would (`NO` while nodes are registered
-    /// unless relaxed, else `OK`) but keep running. `ejabberdctl stopped`
-    /// runs `epmd -kill` once no node is left and fails unless it reads
-    /// `OK`; the sidecar's life belongs to Kubernetes, which would restart
-    /// an exited sidecar at once anyway.
-    Survive,
-}
+/// How long shutdown waits for connections still being answered (a reply
+/// the client is slow to take, a `-delay_write` pause) before dropping them.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The port NAMES and DUMP report (the one clients reach us on).
-    pub port: u16,
-    pub packet_timeout: Duration,
-    pub delay_accept: Duration,
-    pub delay_write: Duration,
-    pub relaxed: bool,
-    pub kill: KillPolicy,
-    pub dist_range: Option<PortRange>,
-    pub max_connections: usize,
-    pub debug: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: crate::cli::DEFAULT_PORT,
-            packet_timeout: Duration::from_secs(60),
-            delay_accept: Duration::ZERO,
-            delay_write: Duration::ZERO,
-            relaxed: false,
-            kill: KillPolicy::Epmd,
-            dist_range: None,
-            max_connections: 65_536,
-            debug: false,
-        }
-    }
-}
-
-/// State every connection task sees.
+/// State every connection task sees. The server runs on one thread (see
+/// [`serve`]), so plain data in a RefCell: no borrow is ever held across an
+/// await.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
-    pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    state: RefCell<State>,
+    /// Connection ids increase with accept order across all listeners.
+    next_conn: Cell<ConnId>,
+    /// Programs (refusal::Program bits) whose refusal has been logged once.
+    refusals_logged: Cell<u8>,
+    /// Set once shutdown starts; `stop` wakes everyone waiting on it.
+    stopping: Cell<bool>,
+    stop: Notify,
+    /// The read buffer of whichever connection is reading (one at a time on
+    /// this thread): zeroed once, not 3 KiB per read.
+    scratch: RefCell<Box<[u8; MAX_FRAME]>>,
+}
+
+/// The registry and the handles that close connections, changed together.
+#[derive(Debug)]
+pub struct State {
+    pub registry: Registry,
     /// Connections still waiting for their request, oldest first: the ones
     /// evicted when the limit is reached, so a flood of idle or half-sent
     /// connections can never lock out registrations and lookups.
-    idle: Mutex<BTreeMap<ConnId, Arc<Notify>>>,
-    /// Registration connections, to close one on STOP_REQ.
-    registered: DashMap<ConnId, Arc<Notify>>,
-    /// Connection ids increase with accept order across all listeners.
-    next_conn: AtomicU64,
+    idle: BTreeMap<ConnId, Rc<Notify>>,
+    /// The closer of each registration's connection, made when the node
+    /// registers (not when its task starts), for STOP_REQ. Ordered by our
+    /// own increasing ids: no hashing needed.
+    registered: BTreeMap<ConnId, Rc<Notify>>,
+}
+
+impl State {
+    /// Register a node and make the closer its connection will watch.
+    pub fn register(
+        &mut self,
+        info: crate::codec::NodeInfo,
+        conn: ConnId,
+        fd: i32,
+    ) -> Result<u32, crate::registry::RegisterError> {
+        let creation = self.registry.register(info, conn, fd)?;
+        self.registered.insert(conn, Rc::new(Notify::new()));
+        Ok(creation)
+    }
+
+    /// STOP_REQ: forget `name` and close its connection (at once if its
+    /// task is waiting, else as soon as it starts to).
+    pub fn stop(&mut self, name: &str) -> Option<Node> {
+        let node = self.registry.unregister_name(name)?;
+        if let Some(closer) = self.registered.get(&node.conn) {
+            // Stores a permit when nobody waits yet.
+            closer.notify_one();
+        }
+        Some(node)
+    }
+
+    /// The registration held by `conn` ends (its socket closed or stopped).
+    fn release(&mut self, name: &str, conn: ConnId) -> Option<Node> {
+        self.registered.remove(&conn);
+        self.registry.unregister(name, conn)
+    }
 }
 
 impl Shared {
@@ -99,31 +112,48 @@ impl Shared {
         };
         Shared {
             config,
-            registry: Registry::new(max_unreg),
             metrics,
-            idle: Mutex::new(BTreeMap::new()),
-            registered: DashMap::new(),
-            next_conn: AtomicU64::new(1),
+            state: RefCell::new(State {
+                registry: Registry::new(max_unreg),
+                idle: BTreeMap::new(),
+                registered: BTreeMap::new(),
+            }),
+            next_conn: Cell::new(1),
+            refusals_logged: Cell::new(0),
+            stopping: Cell::new(false),
+            stop: Notify::new(),
+            scratch: RefCell::new(Box::new([0; MAX_FRAME])),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, BTreeMap<ConnId, Arc<Notify>>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    /// The registry and connection handles. Never hold across an await.
+    pub fn state(&self) -> RefMut<'_, State> {
+        self.state.borrow_mut()
     }
 
-    fn watch_idle(&self, conn: ConnId) -> Arc<Notify> {
-        let n = Arc::new(Notify::new());
-        self.idle().insert(conn, n.clone());
+    fn scratch(&self) -> RefMut<'_, Box<[u8; MAX_FRAME]>> {
+        self.scratch.borrow_mut()
+    }
+
+    fn next_conn(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    fn watch_idle(&self, conn: ConnId) -> Rc<Notify> {
+        let n = Rc::new(Notify::new());
+        self.state().idle.insert(conn, n.clone());
         n
     }
 
     fn forget_idle(&self, conn: ConnId) {
-        self.idle().remove(&conn);
+        self.state().idle.remove(&conn);
     }
 
     /// Close the oldest connection that has not sent its request yet.
     fn evict_oldest_idle(&self) -> bool {
-        match self.idle().pop_first() {
+        match self.state().idle.pop_first() {
             Some((_, n)) => {
                 n.notify_one();
                 true
@@ -132,21 +162,37 @@ impl Shared {
         }
     }
 
-    fn watch_registered(&self, conn: ConnId) -> Arc<Notify> {
-        let n = Arc::new(Notify::new());
-        self.registered.insert(conn, n.clone());
-        n
+    /// The closer made for `conn` when it registered (None if refused).
+    fn closer(&self, conn: ConnId) -> Option<Rc<Notify>> {
+        self.state().registered.get(&conn).cloned()
     }
 
-    fn forget_registered(&self, conn: ConnId) {
-        self.registered.remove(&conn);
-    }
-
-    /// Close the registration connection `conn` (STOP_REQ).
-    fn kick(&self, conn: ConnId) {
-        if let Some(n) = self.registered.get(&conn) {
-            n.notify_one();
+    /// True the first time a refusal of `program` is to be logged: always
+    /// for ordinary nodes, once per daemon for short-lived helpers.
+    fn first_refusal(&self, program: Program) -> bool {
+        if !program.is_helper() {
+            return true;
         }
+        let logged = self.refusals_logged.get();
+        self.refusals_logged.set(logged | program.bit());
+        logged & program.bit() == 0
+    }
+
+    /// Start shutdown: every connection waiting on [`Shared::stopped`] ends.
+    fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop.notify_waiters();
+    }
+
+    /// Resolves once shutdown has started.
+    async fn stopped(&self) {
+        // Created before the check: notify_waiters reaches every Notified
+        // that exists when it is called, polled or not.
+        let notified = self.stop.notified();
+        if self.stopping.get() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -173,44 +219,71 @@ pub fn is_local_peer(peer: SocketAddr, local: SocketAddr) -> bool {
 }
 
 /// Serve on `listeners` until `shutdown` flips to true or a KILL_REQ is
-/// accepted. Returns when the daemon should exit.
+/// accepted, then shut down cleanly: stop accepting, close registrations
+/// (their nodes notice at once and re-register elsewhere or later) and
+/// connections still waiting for a request, give replies being written up
+/// to [`DRAIN`], and drop what is left. Returns when the daemon should exit.
+///
+/// Everything runs on the calling thread (a LocalSet): the registry is
+/// plain data, and EPMD requests are too small to gain from more threads.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
-    let (exit_tx, mut exit_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    for l in listeners {
-        tasks.spawn(accept_loop(
-            l,
-            shared.clone(),
-            permits.clone(),
-            exit_tx.clone(),
-        ));
-    }
-    tokio::select! {
-        _ = shutdown.wait_for(|s| *s) => debug!("shutdown requested"),
-        _ = exit_rx.wait_for(|s| *s) => debug!("KILL_REQ accepted"),
-    }
-    tasks.abort_all();
+    let shared = Rc::new(shared);
+    let tasks = LocalSet::new();
+    tasks
+        .run_until(async move {
+            let max = shared.config.max_connections;
+            let permits = Arc::new(Semaphore::new(max));
+            let (exit_tx, mut exit_rx) = watch::channel(false);
+            let mut accepting = tokio::task::JoinSet::new();
+            for l in listeners {
+                accepting.spawn_local(accept_loop(
+                    l,
+                    shared.clone(),
+                    permits.clone(),
+                    exit_tx.clone(),
+                ));
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => info!("shutting down"),
+                _ = exit_rx.wait_for(|s| *s) => debug!("KILL_REQ accepted"),
+            }
+            // Stop accepting: the listening sockets close with their loops.
+            accepting.abort_all();
+            while accepting.join_next().await.is_some() {}
+            shared.begin_stop();
+            let all = u32::try_from(max).unwrap_or(u32::MAX);
+            match tokio::time::timeout(DRAIN, permits.acquire_many(all)).await {
+                Ok(_) => debug!("all connections closed"),
+                Err(_) => warn!(
+                    open = max.saturating_sub(permits.available_permits()),
+                    drain = ?DRAIN,
+                    "connections still busy after the drain period are dropped"
+                ),
+            }
+        })
+        .await;
+    // Dropping the LocalSet drops whatever connection task is left.
 }
 
 async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    shared: Rc<Shared>,
     permits: Arc<Semaphore>,
     exit: watch::Sender<bool>,
 ) {
     // Accept with accept4() ourselves, so a connection is not registered
-    // with the event loop unless it has to wait (see connection::serve_now).
-    let watched = listener.into_std().and_then(|l| {
-        // SAFETY: the std listener owns its descriptor and keeps it open,
-        // unchanged, for as long as the AsyncFd owns the listener.
-        unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(io::Error::from)
-    });
-    let listener = match watched {
+    // with the event loop unless it has to wait (see connection.rs).
+    // SAFETY: the socket owns its descriptor and keeps it open, unchanged,
+    // for as long as the AsyncFd owns the socket (tokio's safe constructor
+    // is deprecated for lack of exactly this guarantee; no crate offers a
+    // readiness-only listener without it).
+    let watched =
+        unsafe { AsyncFd::register_with_interest(Socket::from(listener), Interest::READABLE) };
+    let listener = match watched.map_err(std::io::Error::from) {
         Ok(l) => l,
         Err(e) => {
             error!(error = %e, "cannot watch a listening socket");
@@ -268,7 +341,7 @@ async fn accept_loop(
                 }
             }
         };
-        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = shared.next_conn();
         // A loopback peer is local whatever the socket's own address, so
         // the getsockname() is only paid for the rare non-loopback client.
         let local = is_loopback_peer(peer_addr)
@@ -276,13 +349,13 @@ async fn accept_loop(
                 .local_addr()
                 .map(|l| is_local_peer(peer_addr, l))
                 .unwrap_or(false);
-        let peer = Peer {
+        let caller = Caller {
             conn,
             fd: stream.as_raw_fd(),
             local,
         };
         shared.metrics.connections_open.inc();
-        let later = match connection::serve_now(stream, peer, &shared) {
+        let later = match connection::serve_now(stream, caller, &shared) {
             Now::Done(after) => {
                 closed(&shared, &exit, after);
                 continue;
@@ -291,9 +364,9 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let exit = exit.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_local(async move {
             let _permit = permit;
-            let after = connection::serve_later(later, peer, shared.clone()).await;
+            let after = connection::serve_later(later, shared.clone()).await;
             closed(&shared, &exit, after);
         });
     }
