@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::kubernetes::{Discovery, Health};
+use crate::kubernetes::{DiscoveryView, Health};
 use crate::metrics::{Metrics, render_all};
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Present in Kubernetes mode.
-    pub discovery: Option<Discovery>,
+    pub discovery: Option<DiscoveryView>,
 }
 
 /// The `/peers` document. Also what `kube-epmd peers` parses.
@@ -79,8 +79,10 @@ pub async fn serve(
         .await
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 fn text(code: StatusCode, body: String) -> Response {
@@ -105,7 +107,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let Some(d) = &s.discovery else {
         return text(StatusCode::OK, "ok\n".into());
     };
-    let h: Health = d.status.snapshot();
+    let h: Health = d.health();
     if !h.ready {
         let why = h
             .last_error
@@ -162,8 +164,8 @@ async fn peers(State(s): State<Arc<AdminState>>) -> Response {
     }
 }
 
-pub fn peers_doc(d: &Discovery) -> PeersDoc {
-    let h = d.status.snapshot();
+pub fn peers_doc(d: &DiscoveryView) -> PeersDoc {
+    let h = d.health();
     let domain = &d.settings.cluster_domain;
     let me = d.settings.pod_name.as_deref();
     let table = d.table.borrow();

@@ -206,6 +206,7 @@ async fn watch_errors_are_exposed_at_zero_before_any_error() {
         "unreachable",
         "stream_broken",
         "bad_response",
+        "stream_ended",
         "other",
     ] {
         let line = format!("kube_epmd_watch_errors_total{{reason=\"{reason}\"}} 0\n");
