@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kube_epmd::admin::{self, AdminState};
 use kube_epmd::background::{Background, SpawnError};
-use kube_epmd::cli::{Args, Command, KubeArgs};
+use kube_epmd::cli::{Args, Command, DEFAULT_KUBE_ADMIN_PORT, KubeArgs};
 use kube_epmd::kubernetes::{self, Settings};
 use kube_epmd::metrics::Metrics;
 use kube_epmd::server::{self, BindError, Config, KillPolicy, Shared};
@@ -155,9 +155,13 @@ async fn start_background(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Background>> {
     let kube = args.kube.clone();
+    // Kubernetes mode's default comes from clap (`--help` shows it), which
+    // sees `--kubernetes` and KUBE_EPMD_KUBERNETES=true; other spellings of
+    // true in the environment ("1", "yes") get it here.
     let admin_addr = kube.admin_addr.or_else(|| {
-        kube.kubernetes
-            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9090)))
+        kube.kubernetes.then(|| {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_KUBE_ADMIN_PORT))
+        })
     });
     if !kube.kubernetes && admin_addr.is_none() {
         return Ok(None);

@@ -51,7 +51,8 @@ pub struct Settings {
     /// This pod's name, to mark it in `/peers`.
     pub pod_name: Option<String>,
     pub cluster_domain: String,
-    /// Absolute: the inetrc names the hosts file by its absolute path.
+    /// Made absolute at start: the inetrc names the hosts file by its
+    /// absolute path (inet_db needs one).
     pub output_dir: PathBuf,
 }
 
@@ -119,9 +120,10 @@ pub fn start(client: Client, mut settings: Settings) -> Result<DiscoveryView, Se
     }
     let dir = settings.output_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
-    settings.output_dir = dir
-        .canonicalize()
-        .map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    // Absolute but not canonical: the path other containers see through
+    // the shared volume is the one given, not where its symlinks lead.
+    settings.output_dir =
+        std::path::absolute(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
     let hosts_path = settings.hosts_path();
     let mut hosts = HostsFile::open(hosts_path.clone());
     if !hosts.exists() {
