@@ -65,13 +65,17 @@ fn port_please(addr: SocketAddr) -> Duration {
 /// still catches every request sent during it.
 const PACE: Duration = Duration::from_millis(2);
 
-/// Ask every [`PACE`] until `stop`, returning every latency.
-fn client(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+/// Ask every [`PACE`] until `stop`, returning every latency and when the
+/// request was sent.
+fn client(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, Duration)>> {
     std::thread::spawn(move || {
         let mut lat = Vec::with_capacity(20_000);
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            lat.push(port_please(addr));
+            lat.push((Instant::now(), port_please(addr)));
             next += PACE;
             let now = Instant::now();
             if next > now {
@@ -93,7 +97,21 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn report(phase: &str, mut lat: Vec<Duration>) {
+/// Print the figures, and when each answer over 5 ms was asked (seconds
+/// after `t0`), to line them up with the re-lists.
+fn report(phase: &str, t0: Instant, samples: Vec<(Instant, Duration)>) {
+    let slow_at: Vec<String> = samples
+        .iter()
+        .filter(|(_, d)| *d > Duration::from_millis(5))
+        .map(|(at, d)| {
+            format!(
+                "{:.2}s:{:.1}ms",
+                (*at - t0).as_secs_f64(),
+                d.as_secs_f64() * 1e3
+            )
+        })
+        .collect();
+    let mut lat: Vec<Duration> = samples.into_iter().map(|(_, d)| d).collect();
     lat.sort();
     let slow = lat
         .iter()
@@ -108,6 +126,9 @@ fn report(phase: &str, mut lat: Vec<Duration>) {
         lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         slow
     );
+    if std::env::var_os("RELIST_STALL_VERBOSE").is_some() {
+        println!("  slow answers asked at: {}", slow_at.join(" "));
+    }
 }
 
 fn main() {
@@ -154,16 +175,19 @@ fn main() {
         "phase", "requests", "p50", "p99", "p99.9", "max", ">5ms"
     );
     let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
     let c = client(addr, stop.clone());
     std::thread::sleep(Duration::from_secs(10));
     stop.store(true, Ordering::Relaxed);
-    report("idle", c.join().unwrap());
+    report("idle", t0, c.join().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(addr, stop.clone());
     let lists = api.list_count();
     let started = Instant::now();
+    let mut relist_at = Vec::new();
     for n in 0..relists {
+        relist_at.push(format!("{:.2}", started.elapsed().as_secs_f64()));
         // A change the re-list brings in, so the hosts file is rewritten.
         api.upsert_pod(sts_pod(
             n % pods.max(1),
@@ -175,7 +199,10 @@ fn main() {
     }
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    report("relist", c.join().unwrap());
+    report("relist", started, c.join().unwrap());
+    if std::env::var_os("RELIST_STALL_VERBOSE").is_some() {
+        println!("  410s sent at (s): {}", relist_at.join(" "));
+    }
     println!(
         "{} LIST pages in {:.1} s; daemon running: {}",
         api.list_count() - lists,
