@@ -1,8 +1,8 @@
 //! Does Kubernetes work delay EPMD answers? The real binary in Kubernetes
 //! mode watches 10 000 pods on the in-tree test API server; a client
-//! thread asks PORT_PLEASE2 for a registered node back to back, one
-//! connection per request as `erl` does, and records each answer's latency
-//! (connect → reply and close). Two phases:
+//! thread asks PORT_PLEASE2 for a registered node, one connection per
+//! request as `erl` does, and records each answer's latency
+//! (connect → reply and close), one every 2 ms. Two phases:
 //! - `idle`: the watch is quiet;
 //! - `relist`: the API server expires the watch (410 Gone) again and
 //!   again, so the daemon re-lists and decodes every pod each time (and a
@@ -58,12 +58,32 @@ fn port_please(addr: SocketAddr) -> Duration {
     took
 }
 
-/// Ask until `stop`, returning every latency.
-fn client(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+/// Time between the starts of two requests. Paced rather than back to
+/// back: every request leaves a TIME_WAIT socket, and tens of thousands of
+/// them make connect() itself search for a free port for milliseconds,
+/// which would be measured as the daemon's delay. A stall of the daemon
+/// still catches every request sent during it.
+const PACE: Duration = Duration::from_millis(2);
+
+/// Ask every [`PACE`] until `stop`, returning every latency and when the
+/// request was sent.
+fn client(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, Duration)>> {
     std::thread::spawn(move || {
-        let mut lat = Vec::with_capacity(100_000);
+        let mut lat = Vec::with_capacity(20_000);
+        let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            lat.push(port_please(addr));
+            lat.push((Instant::now(), port_please(addr)));
+            next += PACE;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                // Late (the daemon stalled): do not burst to catch up.
+                next = now;
+            }
         }
         lat
     })
@@ -77,16 +97,38 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn report(phase: &str, mut lat: Vec<Duration>) {
+/// Print the figures, and when each answer over 5 ms was asked (seconds
+/// after `t0`), to line them up with the re-lists.
+fn report(phase: &str, t0: Instant, samples: Vec<(Instant, Duration)>) {
+    let slow_at: Vec<String> = samples
+        .iter()
+        .filter(|(_, d)| *d > Duration::from_millis(5))
+        .map(|(at, d)| {
+            format!(
+                "{:.2}s:{:.1}ms",
+                (*at - t0).as_secs_f64(),
+                d.as_secs_f64() * 1e3
+            )
+        })
+        .collect();
+    let mut lat: Vec<Duration> = samples.into_iter().map(|(_, d)| d).collect();
     lat.sort();
+    let slow = lat
+        .iter()
+        .filter(|d| **d > Duration::from_millis(5))
+        .count();
     println!(
-        "{phase:>7} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+        "{phase:>7} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6}",
         lat.len(),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         pct(&lat, 0.999),
-        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        slow
     );
+    if std::env::var_os("RELIST_STALL_VERBOSE").is_some() {
+        println!("  slow answers asked at: {}", slow_at.join(" "));
+    }
 }
 
 fn main() {
@@ -129,20 +171,23 @@ fn main() {
 
     println!("{pods} pods, {relists} re-lists (latency of PORT_PLEASE2 in ms)");
     println!(
-        "{:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "phase", "requests", "p50", "p99", "p99.9", "max"
+        "{:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "phase", "requests", "p50", "p99", "p99.9", "max", ">5ms"
     );
     let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
     let c = client(addr, stop.clone());
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(10));
     stop.store(true, Ordering::Relaxed);
-    report("idle", c.join().unwrap());
+    report("idle", t0, c.join().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));
     let c = client(addr, stop.clone());
     let lists = api.list_count();
     let started = Instant::now();
+    let mut relist_at = Vec::new();
     for n in 0..relists {
+        relist_at.push(format!("{:.2}", started.elapsed().as_secs_f64()));
         // A change the re-list brings in, so the hosts file is rewritten.
         api.upsert_pod(sts_pod(
             n % pods.max(1),
@@ -154,7 +199,10 @@ fn main() {
     }
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    report("relist", c.join().unwrap());
+    report("relist", started, c.join().unwrap());
+    if std::env::var_os("RELIST_STALL_VERBOSE").is_some() {
+        println!("  410s sent at (s): {}", relist_at.join(" "));
+    }
     println!(
         "{} LIST pages in {:.1} s; daemon running: {}",
         api.list_count() - lists,

@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::kubernetes::{Discovery, Health};
+use crate::kubernetes::{DiscoveryView, Health};
 use crate::metrics::{Metrics, render_all};
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Present in Kubernetes mode.
-    pub discovery: Option<Discovery>,
+    pub discovery: Option<DiscoveryView>,
 }
 
 /// The `/peers` document. Also what `kube-epmd peers` parses.
@@ -79,8 +79,38 @@ pub async fn serve(
         .await
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Listen on `addr`. The IPv6 wildcard `[::]` takes IPv4 too (IPV6_V6ONLY
+/// off, whatever the host's `net.ipv6.bindv6only`); on a host without IPv6
+/// it falls back to `0.0.0.0` on the same port.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    let open = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if dual {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        TcpListener::from_std(socket.into())
+    };
+    match open(addr) {
+        Err(e) if dual && is_no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::info!(%addr, fallback = %v4, "no IPv6 on this host; admin endpoint on IPv4 only");
+            open(v4)
+        }
+        r => r,
+    }
+}
+
+fn is_no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
 }
 
 fn text(code: StatusCode, body: String) -> Response {
@@ -105,7 +135,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let Some(d) = &s.discovery else {
         return text(StatusCode::OK, "ok\n".into());
     };
-    let h: Health = d.status.snapshot();
+    let h: Health = d.health();
     if !h.ready {
         let why = h
             .last_error
@@ -162,8 +192,8 @@ async fn peers(State(s): State<Arc<AdminState>>) -> Response {
     }
 }
 
-pub fn peers_doc(d: &Discovery) -> PeersDoc {
-    let h = d.status.snapshot();
+pub fn peers_doc(d: &DiscoveryView) -> PeersDoc {
+    let h = d.health();
     let domain = &d.settings.cluster_domain;
     let me = d.settings.pod_name.as_deref();
     let table = d.table.borrow();
@@ -189,5 +219,49 @@ pub fn peers_doc(d: &Discovery) -> PeersDoc {
                 is_self: me == Some(p.pod.as_str()),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Args;
+
+    fn admin_addr(args: &[&str]) -> Option<SocketAddr> {
+        Args::parse_from_epmd(std::iter::once("kube-epmd").chain(args.iter().copied()))
+            .unwrap()
+            .kube
+            .admin_addr
+    }
+
+    #[test]
+    fn admin_default_is_dual_stack_in_kubernetes_mode_only() {
+        assert_eq!(
+            admin_addr(&["--kubernetes"]),
+            Some("[::]:9090".parse().unwrap())
+        );
+        assert_eq!(admin_addr(&[]), None, "plain mode: no admin endpoint");
+        assert_eq!(
+            admin_addr(&["--kubernetes", "--admin-addr", "127.0.0.1:1"]),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_ipv6_wildcard_takes_ipv4_too() {
+        let Ok(l) = bind("[::]:0".parse().unwrap()) else {
+            // No IPv6 here: the fallback is IPv4-only by design.
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        for client in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = client.parse().unwrap();
+            let c = tokio::net::TcpStream::connect((ip, port)).await;
+            if ip.is_ipv6() && c.is_err() {
+                continue; // no ::1 on this host (IPv6 disabled on lo)
+            }
+            c.unwrap_or_else(|e| panic!("connect from {client}: {e}"));
+            l.accept().await.unwrap();
+        }
     }
 }

@@ -139,6 +139,12 @@ pub struct EpmdArgs {
     pub log_format: LogFormat,
 }
 
+/// The admin endpoint in Kubernetes mode: every address of both families
+/// (bound with IPV6_V6ONLY off), so probes work on IPv4, IPv6 and
+/// dual-stack clusters alike.
+pub const DEFAULT_KUBE_ADMIN_ADDR: &str = "[::]:9090";
+pub const DEFAULT_KUBE_ADMIN_PORT: u16 = 9090;
+
 /// Kubernetes mode: watch peer pods and feed the VM's resolver.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct KubeArgs {
@@ -181,8 +187,13 @@ pub struct KubeArgs {
     pub output_dir: PathBuf,
 
     /// Address of the HTTP admin endpoint (/healthz, /readyz, /metrics, /peers).
-    /// Kubernetes mode defaults to 0.0.0.0:9090; plain mode has none unless set.
-    #[arg(long, env = "KUBE_EPMD_ADMIN_ADDR")]
+    /// [default with --kubernetes: [::]:9090, IPv6 and IPv4 alike; plain
+    /// mode: none]
+    #[arg(
+        long,
+        env = "KUBE_EPMD_ADMIN_ADDR",
+        default_value_if("kubernetes", "true", Some(DEFAULT_KUBE_ADMIN_ADDR))
+    )]
     pub admin_addr: Option<SocketAddr>,
 
     /// In Kubernetes mode, let a local KILL_REQ stop the daemon (off: answer

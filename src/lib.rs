@@ -5,19 +5,21 @@
 //! Data flows one way:
 //! - sockets → [`codec`] → [`server`] (policy) → [`registry`] → replies;
 //! - (Kubernetes mode) API events → [`kubernetes`] → [`peers`] table →
-//!   [`resolver`] files; [`admin`] reads both sides over HTTP.
+//!   [`files`] (rendered, then replaced on disk); [`admin`] reads both
+//!   sides over HTTP.
 
 pub mod admin;
 pub mod admin_client;
+pub mod background;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod files;
 pub mod kubernetes;
 pub mod log_line;
+pub mod logging;
 pub mod metrics;
 pub mod peers;
 pub mod process;
 pub mod registry;
-pub mod resolver;
 pub mod server;
-pub mod telemetry;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube_epmd::admin::{self, AdminState};
-use kube_epmd::cli::{Args, Command};
+use kube_epmd::background::{Background, SpawnError};
+use kube_epmd::cli::{Args, Command, DEFAULT_KUBE_ADMIN_PORT, KubeArgs};
 use kube_epmd::kubernetes::{self, Settings};
 use kube_epmd::metrics::Metrics;
 use kube_epmd::server::{self, BindError, Config, KillPolicy, Shared};
-use kube_epmd::{admin_client, client, process, telemetry};
+use kube_epmd::{admin_client, client, logging, process};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -50,7 +51,7 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
     if args.epmd.daemon {
         process::daemonize().context("cannot detach as a daemon")?;
     }
-    telemetry::init(args.epmd.log_format, args.epmd.debug);
+    logging::init(args.epmd.log_format, args.epmd.debug);
     // Keep headroom for listeners, the admin server, files and the API
     // client, so the limit below is reached before descriptors run out.
     const SPARE_FDS: u64 = 64;
@@ -91,9 +92,11 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    // One thread: requests are answered inline by the accept loop (see
-    // server::connection), so worker threads would only add stacks, malloc
-    // arenas and wake-ups. Blocking work must go to spawn_blocking.
+    // One thread for EPMD: requests are answered inline by the accept loop
+    // (see server::connection), so worker threads would only add stacks,
+    // malloc arenas and wake-ups. Blocking work must go to spawn_blocking.
+    // Kubernetes work and the admin endpoint get a second thread of their
+    // own (see `background`).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,34 +145,11 @@ async fn async_main(
     };
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Discovery first: the inetrc must be in place before anything can
-    // report ready, and a configuration error should stop us early.
-    let discovery = if args.kube.kubernetes {
-        Some(start_discovery(&args).await?)
-    } else {
-        None
-    };
-    let admin_addr = args.kube.admin_addr.or_else(|| {
-        args.kube
-            .kubernetes
-            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9090)))
-    });
-    if let Some(addr) = admin_addr {
-        let listener = admin::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on the admin address {addr}"))?;
-        let state = Arc::new(AdminState {
-            metrics: metrics.clone(),
-            discovery,
-        });
-        let rx = shutdown_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = admin::serve(listener, state, rx).await {
-                warn!(error = %e, "admin endpoint stopped");
-            }
-        });
-        info!(%addr, "admin endpoint listening");
-    }
+    // Discovery, its files and the admin endpoint run on a thread and
+    // runtime of their own (see `background`). Set up before EPMD serves:
+    // the inetrc must be in place before anything can report ready, and a
+    // configuration error should stop us early.
+    let background = start_background(&args, metrics.clone(), shutdown_rx.clone()).await?;
     tokio::spawn(async move {
         signalled.await;
         let _ = shutdown_tx.send(true);
@@ -181,6 +161,9 @@ async fn async_main(
         "kube-epmd listening"
     );
     server::serve(listeners, Shared::new(config, metrics), shutdown_rx).await;
+    // The background thread ends with the process; nothing there holds
+    // state a clean exit must save (files are replaced atomically).
+    drop(background);
     info!("kube-epmd stopped");
     Ok(())
 }
@@ -204,10 +187,62 @@ fn port_taken(addr: std::net::IpAddr, port: u16) -> String {
     )
 }
 
+/// Start the background thread when there is anything for it to do
+/// (Kubernetes mode, or an admin endpoint in plain mode), and wait until
+/// discovery has written its files and the admin endpoint listens.
+async fn start_background(
+    args: &Args,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Background>> {
+    let kube = args.kube.clone();
+    // Kubernetes mode's default comes from clap (`--help` shows it), which
+    // sees `--kubernetes` and KUBE_EPMD_KUBERNETES=true; other spellings of
+    // true in the environment ("1", "yes") get it here.
+    let admin_addr = kube.admin_addr.or_else(|| {
+        kube.kubernetes.then(|| {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_KUBE_ADMIN_PORT))
+        })
+    });
+    if !kube.kubernetes && admin_addr.is_none() {
+        return Ok(None);
+    }
+    let setup = move || async move {
+        let discovery = if kube.kubernetes {
+            Some(start_discovery(&kube).await?)
+        } else {
+            None
+        };
+        let admin = match admin_addr {
+            Some(addr) => Some((
+                addr,
+                admin::bind(addr)
+                    .with_context(|| format!("cannot listen on the admin address {addr}"))?,
+            )),
+            None => None,
+        };
+        anyhow::Ok(async move {
+            let Some((addr, listener)) = admin else {
+                let _ = shutdown.wait_for(|s| *s).await;
+                return;
+            };
+            info!(%addr, "admin endpoint listening");
+            let state = Arc::new(AdminState { metrics, discovery });
+            if let Err(e) = admin::serve(listener, state, shutdown).await {
+                warn!(error = %e, "admin endpoint stopped");
+            }
+        })
+    };
+    match Background::spawn("kube-epmd-bg", setup).await {
+        Ok(bg) => Ok(Some(bg)),
+        Err(SpawnError::Setup(e)) => Err(e),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Kubernetes mode: build the API client (in-cluster or KUBECONFIG),
 /// resolve the settings, write the resolver files and start watching.
-async fn start_discovery(args: &Args) -> anyhow::Result<kubernetes::Discovery> {
-    let k = &args.kube;
+async fn start_discovery(k: &KubeArgs) -> anyhow::Result<kubernetes::DiscoveryView> {
     // kube's error already spells out its causes: no context chain, or
     // `{:#}` would print them twice.
     let client = kube::Client::try_default().await.map_err(|e| {

@@ -1,6 +1,6 @@
 //! The peer table: which pod names the local Erlang VM may look up, and
 //! their addresses. Pure data, built from Pod objects by discovery and read
-//! by the resolver writer and the admin endpoint.
+//! by the hosts file writer and the admin endpoint.
 //!
 //! Which pods are peers:
 //! - a pod with at least one IP in `status.podIPs` (or `status.podIP`) whose
@@ -19,10 +19,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
-/// One peer pod, reduced to what name resolution needs. The Pod object
+/// One peer pod, reduced to what name resolution needs (not to be
+/// confused with the EPMD server's connecting peer). The Pod object
 /// itself (managedFields, spec, conditions...) is never kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Peer {
+pub struct PeerPod {
     pub pod: String,
     pub namespace: String,
     /// `spec.hostname`, else the pod name: the host part of the node name.
@@ -47,8 +48,8 @@ pub enum NotPeer {
     BadName(String),
 }
 
-impl Peer {
-    pub fn from_pod(pod: &Pod) -> Result<Peer, NotPeer> {
+impl PeerPod {
+    pub fn from_pod(pod: &Pod) -> Result<PeerPod, NotPeer> {
         let meta = &pod.metadata;
         let name = meta.name.clone().ok_or(NotPeer::NoName)?;
         let namespace = meta.namespace.clone().unwrap_or_default();
@@ -96,7 +97,7 @@ impl Peer {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        Ok(Peer {
+        Ok(PeerPod {
             pod: name,
             namespace,
             hostname,
@@ -154,7 +155,7 @@ pub fn is_dns_name(s: &str) -> bool {
 /// through API errors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerTable {
-    peers: BTreeMap<(String, String), Peer>,
+    peers: BTreeMap<(String, String), PeerPod>,
     synced: bool,
 }
 
@@ -172,7 +173,7 @@ impl PeerTable {
     }
 
     /// Peers in (namespace, pod name) order.
-    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+    pub fn iter(&self) -> impl Iterator<Item = &PeerPod> {
         self.peers.values()
     }
 
@@ -180,7 +181,7 @@ impl PeerTable {
     /// Returns whether the table changed.
     pub fn apply(&mut self, pod: &Pod) -> bool {
         let key = key_of(pod);
-        match Peer::from_pod(pod) {
+        match PeerPod::from_pod(pod) {
             Ok(peer) => {
                 if self.peers.get(&key) == Some(&peer) {
                     false
@@ -250,7 +251,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_name_form_for_a_statefulset_pod() {
-        let p = Peer::from_pod(&pod("chat-1", &["10.1.0.11"], "Running", true)).unwrap();
+        let p = PeerPod::from_pod(&pod("chat-1", &["10.1.0.11"], "Running", true)).unwrap();
         assert_eq!(
             p.names("cluster.local"),
             [
@@ -269,36 +270,36 @@ pub(crate) mod tests {
         let spec = p.spec.as_mut().unwrap();
         spec.hostname = Some("xmpp-a".into());
         spec.subdomain = None;
-        let peer = Peer::from_pod(&p).unwrap();
+        let peer = PeerPod::from_pod(&p).unwrap();
         assert_eq!(peer.names("cluster.local"), ["xmpp-a"]);
     }
 
     #[test]
     fn which_pods_are_peers() {
-        let not_ready = Peer::from_pod(&pod("a", &["10.0.0.1"], "Running", false)).unwrap();
+        let not_ready = PeerPod::from_pod(&pod("a", &["10.0.0.1"], "Running", false)).unwrap();
         assert!(!not_ready.ready);
-        let pending = Peer::from_pod(&pod("a", &["10.0.0.1"], "Pending", false));
+        let pending = PeerPod::from_pod(&pod("a", &["10.0.0.1"], "Pending", false));
         assert!(pending.is_ok(), "an IP is all it takes");
         assert_eq!(
-            Peer::from_pod(&pod("a", &[], "Pending", false)),
+            PeerPod::from_pod(&pod("a", &[], "Pending", false)),
             Err(NotPeer::NoIp)
         );
         assert!(matches!(
-            Peer::from_pod(&pod("a", &["10.0.0.1"], "Failed", false)),
+            PeerPod::from_pod(&pod("a", &["10.0.0.1"], "Failed", false)),
             Err(NotPeer::Finished(_))
         ));
         assert!(matches!(
-            Peer::from_pod(&pod("a", &["10.0.0.1"], "Succeeded", false)),
+            PeerPod::from_pod(&pod("a", &["10.0.0.1"], "Succeeded", false)),
             Err(NotPeer::Finished(_))
         ));
         let mut term = pod("a", &["10.0.0.1"], "Running", true);
         term.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert!(Peer::from_pod(&term).unwrap().terminating);
+        assert!(PeerPod::from_pod(&term).unwrap().terminating);
     }
 
     #[test]
     fn dual_stack_and_bad_addresses() {
-        let p = Peer::from_pod(&pod(
+        let p = PeerPod::from_pod(&pod(
             "a",
             &["10.0.0.1", "fd00::1", "bogus"],
             "Running",
@@ -313,7 +314,7 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(
-            Peer::from_pod(&pod("a", &["bogus"], "Running", true)),
+            PeerPod::from_pod(&pod("a", &["bogus"], "Running", true)),
             Err(NotPeer::NoIp)
         );
     }
@@ -322,7 +323,7 @@ pub(crate) mod tests {
     fn hostile_names_are_refused() {
         let mut p = pod("a", &["10.0.0.1"], "Running", true);
         p.spec.as_mut().unwrap().hostname = Some("evil\n10.6.6.6 chat-0".into());
-        assert!(matches!(Peer::from_pod(&p), Err(NotPeer::BadName(_))));
+        assert!(matches!(PeerPod::from_pod(&p), Err(NotPeer::BadName(_))));
     }
 
     #[test]

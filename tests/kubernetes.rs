@@ -86,7 +86,7 @@ async fn pod_changes_drive_the_hosts_file_inetrc_and_peers() {
     let inetrc = format!(
         "%% Written by kube-epmd: resolve peer pods from the hosts file it keeps current.\n\
          {{hosts_file, \"{}\"}}.\n{{lookup, [file, native]}}.\n",
-        d.hosts_path().canonicalize().unwrap().display()
+        d.hosts_path().display()
     );
     assert!(
         file_is(&d.inetrc_path(), &inetrc),
@@ -189,6 +189,32 @@ async fn pod_changes_drive_the_hosts_file_inetrc_and_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inetrc_names_the_output_dir_as_given_and_is_rewritten_on_every_start() {
+    // The VM (another container) sees the output directory by the path
+    // the deploy gives, not by where a symlink in this container leads.
+    let api = api().await;
+    let keep = tempfile::tempdir().unwrap();
+    let real = keep.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = keep.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    // A stale inetrc (say, from an older version) is replaced at start.
+    std::fs::write(link.join("inetrc"), "{hosts_file, \"/elsewhere\"}.\n").unwrap();
+    let mut d = Daemon::start_in(&api, "chat", Some(link.clone()), &[]);
+    d.wait_ready(READY).await;
+    let want = format!(
+        "%% Written by kube-epmd: resolve peer pods from the hosts file it keeps current.\n\
+         {{hosts_file, \"{}\"}}.\n{{lookup, [file, native]}}.\n",
+        link.join("hosts").display()
+    );
+    assert!(
+        file_is(&real.join("inetrc"), &want),
+        "inetrc: {:?}",
+        std::fs::read_to_string(real.join("inetrc"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_errors_are_exposed_at_zero_before_any_error() {
     // An alert built on absent(kube_epmd_watch_errors_total) or on its
     // rate must see the family from the start, not after the first error.
@@ -206,6 +232,7 @@ async fn watch_errors_are_exposed_at_zero_before_any_error() {
         "unreachable",
         "stream_broken",
         "bad_response",
+        "stream_ended",
         "other",
     ] {
         let line = format!("kube_epmd_watch_errors_total{{reason=\"{reason}\"}} 0\n");

@@ -1,11 +1,14 @@
-//! Kubernetes mode: watch the peer pods and keep the VM's resolver files
-//! current. Data flows one way: API events → [`PeerTable`] (discovery) →
-//! hosts file (resolver writer); the admin endpoint only reads.
+//! Kubernetes mode: watch the peer pods (and, when asked, one
+//! StatefulSet) and keep the output files current. Data flows one way:
+//! API events → [`pod_watch`] → peer table → [`crate::files`] writer →
+//! hosts file; the admin endpoint reads a [`DiscoveryView`] and never
+//! writes.
 
-pub mod discovery;
-pub mod index;
+pub mod pod_watch;
+pub mod relist;
 pub mod replicas;
 pub mod status;
+pub mod watch_error;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +20,10 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::files::disk::{self, HostsFile, ReplicasFile};
+use crate::files::{self, render};
 use crate::metrics::DiscoveryMetrics;
 use crate::peers::PeerTable;
-use crate::resolver::{self, HostsFile};
 pub use status::{Health, SyncStatus};
 
 /// Where the service account's namespace is mounted in a pod.
@@ -47,21 +51,22 @@ pub struct Settings {
     /// This pod's name, to mark it in `/peers`.
     pub pod_name: Option<String>,
     pub cluster_domain: String,
-    /// Absolute: the inetrc names the hosts file by its absolute path.
+    /// Made absolute at start: the inetrc names the hosts file by its
+    /// absolute path (inet_db needs one).
     pub output_dir: PathBuf,
 }
 
 impl Settings {
     pub fn hosts_path(&self) -> PathBuf {
-        self.output_dir.join(resolver::HOSTS_FILE)
+        self.output_dir.join(files::HOSTS_FILE)
     }
 
     pub fn inetrc_path(&self) -> PathBuf {
-        self.output_dir.join(resolver::INETRC_FILE)
+        self.output_dir.join(files::INETRC_FILE)
     }
 
     pub fn replicas_path(&self) -> PathBuf {
-        self.output_dir.join(replicas::REPLICAS_FILE)
+        self.output_dir.join(files::REPLICAS_FILE)
     }
 }
 
@@ -82,52 +87,57 @@ fn read_namespace_file(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// What the admin endpoint reads.
+/// A read-only view of what discovery knows, for the admin endpoint. The
+/// tasks that keep it current run on their own; this holds no task.
 #[derive(Debug, Clone)]
-pub struct Discovery {
+pub struct DiscoveryView {
     pub settings: Arc<Settings>,
     pub table: watch::Receiver<PeerTable>,
     pub status: Arc<SyncStatus>,
     pub metrics: Arc<DiscoveryMetrics>,
+    /// True once a complete list is in the hosts file.
+    pub hosts_on_disk: watch::Receiver<bool>,
     /// The StatefulSet's desired replicas, when watched and known.
     pub replicas: watch::Receiver<Option<u32>>,
 }
 
-/// Prepare the resolver files, then start the watch and the hosts file
-/// writer. The inetrc is written here, once, before anything can report
-/// ready; the hosts file it names exists from here on (loopback only until
-/// the first list, or as a previous run left it).
-pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupError> {
+impl DiscoveryView {
+    pub fn health(&self) -> Health {
+        self.status.health(*self.hosts_on_disk.borrow())
+    }
+}
+
+/// Prepare the output files, then spawn the watches and the hosts file
+/// writer on the current runtime. The inetrc is (re)written here on every
+/// start, before anything can report ready; the hosts file it names exists
+/// from here on (loopback only until the first list, or as a previous run
+/// left it). A replicas file left by a previous run is removed.
+pub fn start(client: Client, mut settings: Settings) -> Result<DiscoveryView, SetupError> {
     if let Some(name) = &settings.statefulset
         && !crate::peers::is_dns_name(name)
     {
         return Err(SetupError::StatefulSetName(name.clone()));
     }
-    let dir = &settings.output_dir;
-    std::fs::create_dir_all(dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
-    settings.output_dir = dir
-        .canonicalize()
-        .map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    let dir = settings.output_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    // Absolute but not canonical: the path other containers see through
+    // the shared volume is the one given, not where its symlinks lead.
+    settings.output_dir =
+        std::path::absolute(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
     let hosts_path = settings.hosts_path();
     let mut hosts = HostsFile::open(hosts_path.clone());
     if !hosts.exists() {
-        let empty = resolver::render_hosts(&PeerTable::default(), &settings.cluster_domain);
+        let empty = render::render_hosts(&PeerTable::default(), &settings.cluster_domain);
         hosts
             .update(empty)
             .map_err(|e| SetupError::Write(hosts_path.clone(), e))?;
     }
-    // Removed at once: only this run's complete list may say how many
-    // replicas there are (see `replicas`).
     let replicas_path = settings.replicas_path();
-    let replicas_file = replicas::ReplicasFile::open(replicas_path.clone())
+    let replicas_file = ReplicasFile::open(replicas_path.clone())
         .map_err(|e| SetupError::Write(replicas_path, e))?;
     let inetrc = settings.inetrc_path();
-    resolver::replace_file(
-        &inetrc,
-        resolver::render_inetrc(&hosts_path).as_bytes(),
-        None,
-    )
-    .map_err(|e| SetupError::Write(inetrc.clone(), e))?;
+    disk::replace_file(&inetrc, render::render_inetrc(&hosts_path).as_bytes(), None)
+        .map_err(|e| SetupError::Write(inetrc.clone(), e))?;
     info!(
         inetrc = %inetrc.display(),
         hosts = %hosts_path.display(),
@@ -141,23 +151,24 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
     let status = Arc::new(SyncStatus::default());
     let metrics = Arc::new(DiscoveryMetrics::new(
         settings.statefulset.is_some(),
-        &discovery::REASONS,
+        &watch_error::REASONS,
     ));
     let (table_tx, table_rx) = watch::channel(PeerTable::default());
+    let (on_disk_tx, on_disk_rx) = watch::channel(false);
 
     let api: Api<Pod> = Api::namespaced(client.clone(), &settings.namespace);
     let mut config = watcher::Config::default();
     if let Some(sel) = &settings.selector {
         config = config.labels(sel);
     }
-    tokio::spawn(resolver::run_writer(
+    tokio::spawn(files::writer::run(
         table_rx.clone(),
         hosts,
         settings.cluster_domain.clone(),
-        status.clone(),
+        on_disk_tx,
         metrics.clone(),
     ));
-    tokio::spawn(discovery::run(
+    tokio::spawn(pod_watch::run(
         api,
         config,
         table_tx,
@@ -175,11 +186,12 @@ pub fn start(client: Client, mut settings: Settings) -> Result<Discovery, SetupE
             metrics.clone(),
         ));
     }
-    Ok(Discovery {
+    Ok(DiscoveryView {
         settings,
         table: table_rx,
         status,
         metrics,
+        hosts_on_disk: on_disk_rx,
         replicas: replicas_rx,
     })
 }

@@ -16,8 +16,6 @@
 //! "no file" as "unknown, remove nobody"); it is removed when the
 //! StatefulSet is deleted; on API errors the last value stays.
 
-use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +27,9 @@ use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::discovery::classify;
+use super::watch_error::WatchStop;
+use crate::files::disk::ReplicasFile;
 use crate::metrics::DiscoveryMetrics;
-use crate::resolver::replace_file;
-
-pub const REPLICAS_FILE: &str = "replicas";
 
 /// Longest pause between attempts, should the backoff ever end.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -90,50 +86,6 @@ impl ReplicaTracker {
     }
 }
 
-/// `<output-dir>/replicas`, written only when the value changes.
-#[derive(Debug)]
-pub struct ReplicasFile {
-    path: PathBuf,
-    /// What is on disk now (None: no file).
-    on_disk: Option<u32>,
-}
-
-impl ReplicasFile {
-    /// Take charge of `path`, removing what a previous run left there.
-    pub fn open(path: PathBuf) -> io::Result<ReplicasFile> {
-        remove_if_present(&path)?;
-        Ok(ReplicasFile {
-            path,
-            on_disk: None,
-        })
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// Make the file say `value` (None: remove it). Returns whether the
-    /// disk changed.
-    pub fn set(&mut self, value: Option<u32>) -> io::Result<bool> {
-        if self.on_disk == value {
-            return Ok(false);
-        }
-        match value {
-            Some(n) => replace_file(&self.path, format!("{n}\n").as_bytes(), None)?,
-            None => remove_if_present(&self.path)?,
-        }
-        self.on_disk = value;
-        Ok(true)
-    }
-}
-
-fn remove_if_present(path: &std::path::Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// Watch the StatefulSet and keep the file, `known` and the gauge in step.
 /// After any error the watch starts afresh (after kube-rs's backoff) and
 /// re-lists, as the pod watch does; the file keeps its value meanwhile.
@@ -185,16 +137,11 @@ pub async fn run(
                         .set(value.map_or(-1, i64::from));
                     pending = write(&mut file, value, &metrics);
                 }
-                Some(Err(e)) => break e,
-                // The watcher stream does not end; should it, start again
-                // rather than spin.
-                None => {
-                    debug!(statefulset = %name, "StatefulSet watch ended; restarting");
-                    break watcher::Error::NoResourceVersion;
-                }
+                Some(Err(e)) => break WatchStop::Failed(e),
+                None => break WatchStop::Ended,
             }
         };
-        let reason = classify(&error);
+        let reason = error.reason();
         metrics.statefulset_watch_error(reason);
         warn!(
             statefulset = %name, %error, reason,
@@ -257,26 +204,5 @@ mod tests {
         // A re-list that does not contain it: gone.
         t.apply(&Event::Init);
         assert_eq!(t.apply(&Event::InitDone), Some(None));
-    }
-
-    #[test]
-    fn file_is_replaced_only_on_change_and_removed_when_unknown() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(REPLICAS_FILE);
-        std::fs::write(&path, "7\n").unwrap();
-        let mut f = ReplicasFile::open(path.clone()).unwrap();
-        assert!(!path.exists(), "a previous run's value is not trusted");
-        assert!(!f.set(None).unwrap());
-        assert!(f.set(Some(3)).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "3\n");
-        let ino = std::fs::metadata(&path).unwrap().ino();
-        assert!(!f.set(Some(3)).unwrap());
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "untouched");
-        assert!(f.set(Some(2)).unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "2\n");
-        assert!(f.set(None).unwrap());
-        assert!(!path.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! Discovery health, as `/readyz`, `/healthz` and `/peers` report it.
 //!
-//! Ready means the first complete list has reached the hosts file. It never
+//! Ready means the first complete list has reached the hosts file (the
+//! hosts file writer signals it; this file tracks the API side). It never
 //! goes back to false: after that the table is the last good view and keeps
 //! serving through API outages, which `healthy`/`last_error` report instead
 //! (a sidecar that turned unready on every API blip would take ejabberd out
@@ -28,9 +29,18 @@ pub struct Health {
     pub last_sync: Option<u64>,
 }
 
+/// The API side of [`Health`]: updated by the watch.
 #[derive(Debug, Default)]
 pub struct SyncStatus {
-    inner: Mutex<Health>,
+    inner: Mutex<ApiHealth>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ApiHealth {
+    healthy: bool,
+    last_error: Option<String>,
+    failing_since: Option<u64>,
+    last_sync: Option<u64>,
 }
 
 fn unix_now() -> u64 {
@@ -40,14 +50,27 @@ fn unix_now() -> u64 {
 }
 
 impl SyncStatus {
-    fn with<R>(&self, f: impl FnOnce(&mut Health) -> R) -> R {
-        // Health is plain data: a panic elsewhere cannot leave it invalid.
+    fn with<R>(&self, f: impl FnOnce(&mut ApiHealth) -> R) -> R {
+        // Plain data: a panic elsewhere cannot leave it invalid.
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut g)
     }
 
-    pub fn snapshot(&self) -> Health {
-        self.with(|h| h.clone())
+    /// The whole picture, given whether the first list is on disk.
+    pub fn health(&self, ready: bool) -> Health {
+        let a = self.with(|h| h.clone());
+        Health {
+            ready,
+            healthy: a.healthy,
+            last_error: a.last_error,
+            failing_since: a.failing_since,
+            last_sync: a.last_sync,
+        }
+    }
+
+    /// Whether the API is failing now.
+    pub fn is_failing(&self) -> bool {
+        self.with(|h| h.failing_since.is_some())
     }
 
     /// The API answered and the table was updated from it.
@@ -71,10 +94,5 @@ impl SyncStatus {
             }
             newly
         })
-    }
-
-    /// The first complete list has been written out.
-    pub fn mark_ready(&self) {
-        self.with(|h| h.ready = true);
     }
 }

@@ -37,6 +37,12 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORT_MIN}-{PORT_MAX}");
 }
 
+/// The kube-epmd binary to run: this build's, or `KUBE_EPMD_BIN` when set
+/// (benches compare an older build side by side).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("KUBE_EPMD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kube-epmd").into())
+}
+
 /// Kills the child on drop. Use for every process a test starts.
 pub struct ChildGuard(pub Child);
 
@@ -91,7 +97,7 @@ impl Daemon {
         let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
         let out_dir = out_dir.unwrap_or_else(|| dir.path().join("out"));
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-epmd"))
+        let child = Command::new(binary())
             .args(["--kubernetes", "-port", &epmd_port.to_string()])
             .args(["-address", "127.0.0.1"])
             .args(["--admin-addr", &admin.to_string()])

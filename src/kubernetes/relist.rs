@@ -2,6 +2,11 @@
 //! apply at once while watching; a (re-)list is buffered from `Init` to
 //! `InitDone` and then replaces the table in one step, so readers never see
 //! a half-listed table and pods deleted while the watch was down vanish.
+//!
+//! kube's `reflector::Store` does the same buffering, but keeps every
+//! whole Pod object (spec, status, managedFields): with 10 000 pods that is
+//! tens of MiB more in a sidecar. The buffer here keeps only the peer
+//! entries a Pod reduces to.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::Event;
@@ -19,13 +24,14 @@ pub enum Applied {
     Relisted { changed: bool },
 }
 
-/// The list being buffered, if a (re-)list is in progress.
+/// The list being buffered, if a (re-)list is in progress; every event
+/// reaches the table through it.
 #[derive(Debug, Default)]
-pub struct Index {
+pub struct RelistBuffer {
     relist: Option<PeerTable>,
 }
 
-impl Index {
+impl RelistBuffer {
     /// Apply one event to `table`. Only the pod fields a peer needs are
     /// read: nothing of the object (managedFields included) is kept.
     pub fn apply(&mut self, table: &mut PeerTable, event: &Event<Pod>) -> Applied {
@@ -89,7 +95,7 @@ mod tests {
 
     #[test]
     fn relist_is_atomic_and_drops_stale_entries() {
-        let mut ix = Index::default();
+        let mut ix = RelistBuffer::default();
         let mut t = PeerTable::default();
         assert_eq!(ix.apply(&mut t, &Event::Init), Applied::Unchanged);
         ix.apply(&mut t, &Event::InitApply(pod("a", "10.0.0.1")));

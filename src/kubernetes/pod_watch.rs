@@ -21,8 +21,9 @@ use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::index::{Applied, Index};
+use super::relist::{Applied, RelistBuffer};
 use super::status::SyncStatus;
+use super::watch_error::WatchStop;
 use crate::metrics::DiscoveryMetrics;
 use crate::peers::PeerTable;
 
@@ -37,7 +38,7 @@ pub async fn run(
     metrics: Arc<DiscoveryMetrics>,
 ) {
     let mut backoff = DefaultBackoff::default();
-    let mut index = Index::default();
+    let mut relist = RelistBuffer::default();
     let mut attempts: u64 = 0;
     loop {
         if attempts > 0 {
@@ -48,18 +49,16 @@ pub async fn run(
         let error = loop {
             match stream.next().await {
                 Some(Ok(event)) => {
-                    on_event(&event, &mut index, &table, &status, &metrics);
+                    on_event(&event, &mut relist, &table, &status, &metrics);
                     if matches!(event, Event::InitDone) {
                         backoff.reset();
                     }
                 }
-                Some(Err(e)) => break e,
-                // The watcher stream does not end; treat it as a failure
-                // all the same rather than spin.
-                None => break watcher::Error::NoResourceVersion,
+                Some(Err(e)) => break WatchStop::Failed(e),
+                None => break WatchStop::Ended,
             }
         };
-        let reason = classify(&error);
+        let reason = error.reason();
         metrics.watch_error(reason);
         metrics.watch_healthy.set(0);
         let peers = table.borrow().len();
@@ -79,14 +78,14 @@ pub async fn run(
 
 fn on_event(
     event: &Event<Pod>,
-    index: &mut Index,
+    relist: &mut RelistBuffer,
     table: &watch::Sender<PeerTable>,
     status: &SyncStatus,
     metrics: &DiscoveryMetrics,
 ) {
     let mut applied = Applied::Unchanged;
     table.send_if_modified(|t| {
-        applied = index.apply(t, event);
+        applied = relist.apply(t, event);
         matches!(
             applied,
             Applied::Changed | Applied::Relisted { changed: true }
@@ -95,7 +94,7 @@ fn on_event(
     match event {
         Event::Init | Event::InitApply(_) => return,
         Event::InitDone => {
-            let was_failing = status.snapshot().failing_since.is_some();
+            let was_failing = status.is_failing();
             let peers = table.borrow().len();
             if was_failing {
                 info!(peers, "pod list complete; Kubernetes API reachable again");
@@ -120,106 +119,4 @@ fn on_event(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics.last_sync_seconds.set(now);
-}
-
-/// Every label [`classify`] gives: `kube_epmd_watch_errors_total` shows
-/// each at 0 from the start, so an alert on `absent()` or `rate()` works
-/// before the first failure.
-pub const REASONS: [&str; 9] = [
-    "unauthorized",
-    "forbidden",
-    "expired",
-    "client_error",
-    "server_error",
-    "unreachable",
-    "stream_broken",
-    "bad_response",
-    "other",
-];
-
-/// A short, stable label for an API failure (metrics and logs).
-pub fn classify(e: &watcher::Error) -> &'static str {
-    use watcher::Error as W;
-    match e {
-        W::WatchError(status) => status_reason(status.code),
-        W::InitialListFailed(c) | W::WatchStartFailed(c) | W::WatchFailed(c) => match c {
-            kube::Error::Api(s) => status_reason(s.code),
-            kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
-            kube::Error::ReadEvents(_) => "stream_broken",
-            kube::Error::SerdeError(_) => "bad_response",
-            _ => "other",
-        },
-        W::NoResourceVersion => "bad_response",
-    }
-}
-
-fn status_reason(code: u16) -> &'static str {
-    match code {
-        401 => "unauthorized",
-        403 => "forbidden",
-        410 => "expired",
-        400..=499 => "client_error",
-        _ => "server_error",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::core::Status;
-
-    fn status(code: u16) -> Box<Status> {
-        Box::new(Status {
-            code,
-            ..Status::failure("x", "y")
-        })
-    }
-
-    #[test]
-    fn failures_get_stable_reasons() {
-        use watcher::Error as W;
-        assert_eq!(classify(&W::WatchError(status(410))), "expired");
-        assert_eq!(
-            classify(&W::InitialListFailed(kube::Error::Api(status(403)))),
-            "forbidden"
-        );
-        assert_eq!(
-            classify(&W::WatchStartFailed(kube::Error::Api(status(401)))),
-            "unauthorized"
-        );
-        assert_eq!(
-            classify(&W::WatchFailed(kube::Error::Api(status(500)))),
-            "server_error"
-        );
-        assert_eq!(
-            classify(&W::WatchFailed(kube::Error::ReadEvents(
-                std::io::Error::other("cut")
-            ))),
-            "stream_broken"
-        );
-        assert_eq!(classify(&W::NoResourceVersion), "bad_response");
-    }
-
-    #[test]
-    fn every_reason_is_exposed_from_the_start() {
-        let m = DiscoveryMetrics::new(true, &REASONS);
-        let text = crate::metrics::render_all(&crate::metrics::Metrics::default(), Some(&m));
-        for family in ["watch_errors", "statefulset_watch_errors"] {
-            for reason in REASONS {
-                let line = format!("kube_epmd_{family}_total{{reason=\"{reason}\"}} 0\n");
-                assert!(text.contains(&line), "{line} missing from:\n{text}");
-            }
-        }
-        // And nothing else: every classified failure lands on one of them.
-        use watcher::Error as W;
-        for e in [
-            W::WatchError(status(410)),
-            W::WatchError(status(404)),
-            W::WatchFailed(kube::Error::Api(status(503))),
-            W::WatchFailed(kube::Error::ReadEvents(std::io::Error::other("x"))),
-            W::NoResourceVersion,
-        ] {
-            assert!(REASONS.contains(&classify(&e)));
-        }
-    }
 }
