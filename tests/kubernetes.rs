@@ -223,18 +223,10 @@ async fn watch_errors_are_exposed_at_zero_before_any_error() {
     let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
     d.wait_ready(READY).await;
     let (_, metrics) = d.get("/metrics").await.unwrap();
-    for reason in [
-        "unauthorized",
-        "forbidden",
-        "expired",
-        "client_error",
-        "server_error",
-        "unreachable",
-        "stream_broken",
-        "bad_response",
-        "stream_ended",
-        "other",
-    ] {
+    // Every label the daemon can ever give (the library's own list, so a
+    // new reason cannot be forgotten here).
+    assert!(kube_epmd::kubernetes::watch_error::REASONS.contains(&"forbidden"));
+    for reason in kube_epmd::kubernetes::watch_error::REASONS {
         let line = format!("kube_epmd_watch_errors_total{{reason=\"{reason}\"}} 0\n");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
