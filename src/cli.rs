@@ -84,6 +84,8 @@ pub struct EpmdArgs {
     pub relaxed_command_check: bool,
 
     /// Seconds a non-registration connection may stay idle before it is closed.
+    /// Counted as epmd does, in whole seconds checked once a second (every
+    /// 5 s from 5 up): a client pausing exactly this long is kept.
     #[arg(long = "packet_timeout", alias = "packet-timeout", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub packet_timeout: u64,

@@ -328,6 +328,46 @@ fn idle_connections_time_out_but_registrations_do_not() {
     }
 }
 
+/// epmd's packet timeout counts whole seconds and closes only when more than
+/// T of them have passed since the last read (OTP's epmd_SUITE
+/// `slow_get_port_nr` sends one byte a second against `-packet_timeout 1`):
+/// a client pausing T seconds between bytes is served; one silent well past
+/// T + 1 is closed. The pauses carry a quarter second on top: what a "1 s"
+/// sleep on a loaded machine becomes by the time the daemon reads, and what
+/// an exact T-second timer would cut.
+#[test]
+fn packet_timeout_keeps_a_client_pausing_t_seconds() {
+    const T: u64 = 1;
+    let t = T.to_string();
+    for which in [Impl::C, Impl::Kube] {
+        let d = Daemon::start(which, &["-packet_timeout", &t]);
+        let (_reg, o) = exchange_keep(d.port, &alive2(b"slow", 4201, 6, b""));
+        assert_eq!(o.bytes[..2], [b'v', 0], "{which:?}");
+        let mut silent = connect(d.port);
+        silent.write_all(&[0]).expect("half a header");
+        let mut s = connect(d.port);
+        for b in port_please(b"slow") {
+            std::thread::sleep(Duration::from_secs(T) + Duration::from_millis(250));
+            s.write_all(&[b]).unwrap_or_else(|e| {
+                panic!("{which:?}: a client pausing {T} s between bytes was cut: {e}")
+            });
+        }
+        let o = read_reply(&mut s, Duration::from_secs(5));
+        assert_eq!(
+            o.bytes.get(..4),
+            Some(&[b'w', 0, 0x10, 0x69][..]),
+            "{which:?}: a client pausing {T} s between bytes was cut: {o:?}"
+        );
+        // Silent for the whole slow exchange (several times T + 1): closed,
+        // without a reply, by now or shortly.
+        let o = read_reply(&mut silent, Duration::from_secs(10));
+        assert!(
+            o.closed && o.bytes.is_empty(),
+            "{which:?}: a silent connection was kept: {o:?}"
+        );
+    }
+}
+
 #[test]
 fn creation_is_time_based() {
     let now = || {

@@ -182,6 +182,30 @@ impl Drop for IdleGuard {
     }
 }
 
+/// How long a connection may stay silent before it is closed, for epmd's
+/// `-packet_timeout` of `timeout` (whole seconds, as the flag takes them).
+///
+/// OTP's epmd (erts/epmd/src/epmd_srv.c, `run`) stamps each read with
+/// `time(NULL)` and closes a waiting connection only when, at one of its
+/// checks, `mod_time + packet_timeout < now` on that whole-second clock. It
+/// checks whenever its select() returns; with nothing else happening that
+/// is every second while the timeout is under IDLE_TIMEOUT (5 s), else every
+/// 5 s, counted from the last read. The first such check that sees more than
+/// `timeout` whole seconds is `period * (timeout / period + 1)` seconds after
+/// the read, whatever the sub-second phase of the clock: that is when we
+/// close. So a client pausing exactly `timeout` seconds between bytes (OTP's
+/// epmd_SUITE `slow_get_port_nr`: 1 s pauses against `-packet_timeout 1`) is
+/// never cut, and a silent one goes at the moment an idle epmd would let it
+/// go. (A busy epmd checks more often and may close from `timeout` + the
+/// rest of the current second onwards; waiting for the idle schedule only
+/// ever keeps a connection that epmd could also have kept.)
+pub fn idle_limit(timeout: Duration) -> Duration {
+    const IDLE_TIMEOUT: u64 = 5;
+    let t = timeout.as_secs();
+    let period = if t < IDLE_TIMEOUT { 1 } else { IDLE_TIMEOUT };
+    Duration::from_secs(period * (t / period + 1))
+}
+
 /// Read one request. As in epmd, the idle timer restarts on every read.
 /// None: the connection is to be closed without an answer.
 async fn read_request(
@@ -191,12 +215,13 @@ async fn read_request(
     kick: &Notify,
     mut reader: FrameReader,
 ) -> Option<Request> {
-    let timeout = shared.config.packet_timeout;
+    let limit = idle_limit(shared.config.packet_timeout);
+    let mut deadline = tokio::time::Instant::now() + limit;
     loop {
         // Wait for bytes without holding a buffer: a connection that has
         // sent nothing yet costs only its task, not a 3 KiB frame buffer.
         let ready = tokio::select! {
-            r = tokio::time::timeout(timeout, stream.readable()) => r,
+            r = tokio::time::timeout_at(deadline, stream.readable()) => r,
             _ = kick.notified() => {
                 shared.metrics.connections_evicted.inc();
                 debug!(conn = peer.conn, "idle connection evicted at the connection limit");
@@ -244,6 +269,7 @@ async fn read_request(
                 return None;
             }
         };
+        deadline = tokio::time::Instant::now() + limit;
         match reader.feed(&scratch[..n]) {
             Progress::More => {}
             Progress::Request(r) => return Some(r),
@@ -324,5 +350,26 @@ fn release(peer: Peer, shared: &Shared, name: Option<String>) {
     {
         shared.metrics.registered_nodes.dec();
         tracing::info!(node = %name, port = node.info.port, "node unregistered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_is_the_first_idle_check_past_the_timeout() {
+        let s = Duration::from_secs;
+        // Under 5 s epmd checks every second: T + 1.
+        assert_eq!(idle_limit(s(1)), s(2));
+        assert_eq!(idle_limit(s(4)), s(5));
+        // From 5 s on it checks every 5 s: the next multiple above T.
+        assert_eq!(idle_limit(s(5)), s(10));
+        assert_eq!(idle_limit(s(7)), s(10));
+        assert_eq!(idle_limit(s(60)), s(65));
+        // A pause of exactly T whole seconds is always kept.
+        for t in 1..200 {
+            assert!(idle_limit(s(t)) > s(t), "T={t}");
+        }
     }
 }

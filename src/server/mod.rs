@@ -48,6 +48,7 @@ pub enum KillPolicy {
 pub struct Config {
     /// The port NAMES and DUMP report (the one clients reach us on).
     pub port: u16,
+    /// epmd's `-packet_timeout`, whole seconds (see connection::idle_limit).
     pub packet_timeout: Duration,
     pub delay_accept: Duration,
     pub delay_write: Duration,
