@@ -9,16 +9,7 @@ use std::time::{Duration, Instant};
 
 /// OTP's own epmd from Debian's erlang-base: the reference implementation.
 pub fn c_epmd_path() -> PathBuf {
-    let dir = std::fs::read_dir("/usr/lib/erlang").expect("erlang-base is not installed");
-    let mut found: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin/epmd"))
-        .filter(|p| p.exists() && p.to_string_lossy().contains("erts-"))
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("no /usr/lib/erlang/erts-*/bin/epmd (apt-get install erlang-base)")
+    super::prereq::erl()
 }
 
 pub fn kube_epmd_path() -> PathBuf {
@@ -68,7 +59,11 @@ impl Daemon {
         let child = cmd.spawn().expect("spawn epmd");
         let mut d = Daemon { port, which, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        // Up when it answers on loopback AND the listener is its own (the
+        // free port may have been taken by someone else meanwhile).
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err()
+            || !super::identity::listens_alone(d.child.id(), port)
+        {
             let exited = d.child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() > deadline {
                 if exited.is_none() {
