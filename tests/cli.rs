@@ -202,10 +202,34 @@ fn bad_flags_name_the_problem_and_fail() {
 
 #[test]
 fn address_flag_limits_listening_to_loopback_plus_given() {
-    // 127.0.0.1 only (loopback is always added): still reachable on loopback.
-    let port = free_port();
-    let _d = Daemon::start_on(Impl::Kube, port, &["-address", "127.0.0.1"]);
-    assert_eq!(client(Impl::C, port, &["-names"]).0, 0);
+    // -address 127.0.0.2: the daemon listens there and on loopback (always
+    // added, as in epmd), on nothing else: 127.0.0.3 (any address but
+    // these) is refused. A daemon that ignored -address would listen on
+    // the wildcard and accept there.
+    let mut listening = Vec::new();
+    for which in [Impl::C, Impl::Kube] {
+        let port = free_port();
+        let d = Daemon::start_on(which, port, &["-address", "127.0.0.2"]);
+        let given = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+        let other = std::net::SocketAddr::from(([127, 0, 0, 3], port));
+        assert!(
+            TcpStream::connect(given).is_ok(),
+            "{which:?}: {given} refused"
+        );
+        assert!(
+            TcpStream::connect(other).is_err(),
+            "{which:?}: {other} accepted: -address ignored"
+        );
+        assert_eq!(client(which, port, &["-names"]).0, 0, "{which:?}: loopback");
+        let addrs = support::identity::listen_addrs(d.pid(), port);
+        assert!(
+            addrs.iter().all(|a| !a.is_unspecified()),
+            "{which:?} listens on a wildcard: {addrs:?}"
+        );
+        listening.push(addrs);
+    }
+    // The same set of addresses as OTP's epmd.
+    assert_eq!(listening[1], listening[0], "kube-epmd vs C epmd");
 }
 
 #[test]

@@ -69,3 +69,43 @@ pub fn assert_listens_alone(pid: u32, port: u16, what: &str) {
          (pid {pid}); another daemon answers there"
     );
 }
+
+/// The addresses `pid`'s network namespace has TCP listeners on for
+/// `port` (whoever owns them), from /proc/PID/net/tcp and tcp6.
+pub fn listen_addrs(pid: u32, port: u16) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let mut out = std::collections::BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
+                continue;
+            };
+            let Some((ip, p)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if *state != "0A" || u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            if let Some(ip) = parse_proc_ip(ip) {
+                out.insert(ip);
+            }
+        }
+    }
+    out
+}
+
+/// /proc/net/tcp* print addresses as 32-bit words in host byte order.
+fn parse_proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let words: Option<Vec<u32>> = (0..hex.len() / 8)
+        .map(|i| u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect();
+    let bytes: Vec<u8> = words?.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match bytes.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}

@@ -39,7 +39,10 @@ pub fn root() {
 /// namespaces).
 pub fn netns() {
     root();
-    let probe = format!("kepmd-probe-{}", std::process::id());
+    // Unique per call: tests of one binary run this in parallel.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("kepmd-probe-{}-{n}", std::process::id());
     let add = Command::new("ip")
         .args(["netns", "add", &probe])
         .stdin(Stdio::null())
