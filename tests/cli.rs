@@ -135,7 +135,12 @@ fn dump_output_matches_modulo_descriptors() {
     // d1 becomes an "old/unused" name, d2 stays active.
     drop(hc.remove(0));
     drop(hk.remove(0));
-    std::thread::sleep(Duration::from_millis(200));
+    // Both have seen d1's connection close: it left NAMES.
+    for port in [c.port, k.port] {
+        wait_until(EVENT_LIMIT, "d1 to leave NAMES", || {
+            !client(Impl::C, port, &["-names"]).1.contains("name d1 at")
+        });
+    }
     let strip = |s: String, port: u16| {
         s.replace(&port.to_string(), "PORT")
             .split("fd = ")

@@ -161,21 +161,59 @@ pub fn read_reply(s: &mut TcpStream, quiet: Duration) -> Observed {
     }
 }
 
-/// Default wait for "the daemon keeps this connection open".
-pub const QUIET: Duration = Duration::from_millis(300);
+/// Longest wait for an event the daemon owes us (a reply, a close).
+pub const EVENT_LIMIT: Duration = Duration::from_secs(10);
+
+/// A barrier: a NAMES request on a connection of its own, read to the
+/// end. Both epmds serve one event at a time (a select loop; a
+/// single-threaded runtime), so once it is answered the daemon has dealt
+/// with what it had received before it, and what that made it send (a
+/// reply, a FIN) is already in our socket buffers: loopback delivers at
+/// once. Returns false if the daemon is gone.
+pub fn settle(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) else {
+        return false;
+    };
+    if s.write_all(&frame(b"n")).is_err() {
+        return false;
+    }
+    let o = read_reply(&mut s, EVENT_LIMIT);
+    o.closed && o.bytes.len() >= 4
+}
+
+/// What the daemon on `port` has sent on `s` and whether it closed it,
+/// decided by events rather than a quiet spell: two barriers (the second
+/// also covers anything the first overtook), then a read of what is
+/// there without waiting. If the daemon is gone, wait for the EOF.
+pub fn read_settled(s: &mut TcpStream, port: u16) -> Observed {
+    if !(settle(port) && settle(port)) {
+        return read_reply(s, EVENT_LIMIT);
+    }
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).expect("blocking");
+    Observed { bytes, closed }
+}
 
 /// Open a connection, send `req`, collect the reply.
 pub fn exchange(port: u16, req: &[u8]) -> Observed {
-    let mut s = connect(port);
-    s.write_all(req).expect("write");
-    read_reply(&mut s, QUIET)
+    exchange_keep(port, req).1
 }
 
 /// Same, but hand back the socket (for registrations held open).
 pub fn exchange_keep(port: u16, req: &[u8]) -> (TcpStream, Observed) {
     let mut s = connect(port);
     s.write_all(req).expect("write");
-    let o = read_reply(&mut s, QUIET);
+    let o = read_settled(&mut s, port);
     (s, o)
 }
 
