@@ -6,9 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=$(bash scripts/readme-command.sh daemon)
+# The binary the command runs (and the client used to ask it).
+profile=debug
+build=(cargo build --bin kube-epmd)
+case " $cmd " in *" --release "*) profile=release; build+=(--release) ;; esac
+client=target/$profile/kube-epmd
 if [ -z "${KUBE_EPMD_IN_NETNS:-}" ]; then
   # Build first, outside the 60 s wait below (a cold release build is slow).
-  cargo build --release --bin kube-epmd
+  "${build[@]}"
   exec unshare -n env KUBE_EPMD_IN_NETNS=1 bash "$0"
 fi
 ip link set lo up
@@ -17,7 +22,6 @@ log=$(mktemp)
 bash -c "exec $cmd" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-client=target/release/kube-epmd
 answered=false
 for _ in $(seq 1 600); do
   kill -0 "$pid" 2>/dev/null || { echo "the daemon exited:"; cat "$log"; exit 1; }
@@ -31,7 +35,7 @@ for _ in $(seq 1 600); do
 done
 $answered || { echo "no answer on 4369 within 60 s:"; cat "$log"; exit 1; }
 # The listener on 4369 is a socket of the process we started.
-inodes=$(awk 'NR>1 && $4=="0A" && $2 ~ /:10E1$/ {print $10}' /proc/net/tcp /proc/net/tcp6)
+inodes=$(awk 'NR>1 && $4=="0A" && $2 ~ /:1111$/ {print $10}' /proc/net/tcp /proc/net/tcp6)
 [ -n "$inodes" ] || { echo "nothing listens on 4369"; exit 1; }
 for i in $inodes; do
   ls -l "/proc/$pid/fd" 2>/dev/null | grep -q "socket:\[$i\]" ||
