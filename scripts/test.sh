@@ -3,7 +3,7 @@
 #
 # As root on Debian it installs what is missing (erlang-base,
 # erlang-common-test, erlang-dev, ejabberd with its service kept from
-# starting, iproute2, busybox), raises the open-file limit, fetches OTP's
+# starting, iproute2, busybox, xz-utils), raises the open-file limit, fetches OTP's
 # epmd_SUITE from Debian's source package, and runs `cargo test`.
 # Otherwise it says exactly what is missing and exits 1, unless every
 # missing prerequisite is named in KUBE_EPMD_TEST_SKIP (README, "Set-up"):
@@ -27,6 +27,7 @@ declare -A pkg_has=(
   [ejabberd]=/usr/sbin/ejabberdctl
   [iproute2]=/usr/bin/ip
   [busybox]=/usr/bin/busybox
+  [xz-utils]=/usr/bin/xz
 )
 want_pkgs=()
 for p in "${!pkg_has[@]}"; do
@@ -57,6 +58,7 @@ for p in "${want_pkgs[@]}"; do
     ejabberd) skipping ejabberd || note "ejabberd: apt-get install ejabberd, with /usr/sbin/policy-rc.d exiting 101 so the service does not start (or KUBE_EPMD_TEST_SKIP=ejabberd)" ;;
     iproute2) skipping netns || skipping root || note "netns: apt-get install iproute2 (or KUBE_EPMD_TEST_SKIP=netns)" ;;
     busybox) skipping busybox || note "busybox: apt-get install busybox (or KUBE_EPMD_TEST_SKIP=busybox)" ;;
+    xz-utils) skipping otp-suite || note "otp-suite: apt-get install xz-utils, to unpack OTP's source (or KUBE_EPMD_TEST_SKIP=otp-suite)" ;;
   esac
 done
 
