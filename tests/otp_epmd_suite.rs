@@ -297,13 +297,14 @@ fn otp_epmd_suite_passes_against_kube_epmd() {
     run_suite("kube-epmd", Path::new(env!("CARGO_BIN_EXE_kube-epmd")));
 }
 
-/// The reference run: if OTP's own epmd does not pass here, the machine
-/// (not kube-epmd) is the problem, and the test above means nothing.
+/// The reference run, for comparison, on demand (`cargo test --test
+/// otp_epmd_suite -- --ignored`): if OTP's own epmd does not pass here,
+/// the machine is the problem. Not in every run: on a loaded machine the
+/// suite itself races the C epmd now and then (alive_req_too_large: the C
+/// epmd closes with the oversized request unread, the reset discards its
+/// reply before the suite reads it), which says nothing about kube-epmd.
 #[test]
-#[cfg_attr(
-    skip_otp_suite,
-    ignore = "needs root, erl, common_test and the suite (KUBE_EPMD_TEST_SKIP)"
-)]
+#[ignore = "comparison run against OTP's C epmd: cargo test --test otp_epmd_suite -- --ignored"]
 fn otp_epmd_suite_passes_against_c_epmd() {
     run_suite("c-epmd", &prereq::erl());
 }
