@@ -61,18 +61,16 @@ impl Script {
     /// reply and close are in our buffers. kube-epmd's tasks may run in
     /// another order, so its run follows the C transcript: where the C
     /// epmd closed, wait (bounded) for kube-epmd's EOF, an event; where it
-    /// kept the connection open, the barrier read.
+    /// kept the connection open, wait for as many bytes as it sent, then
+    /// the barrier read.
     fn observe(&mut self, s: &mut TcpStream) -> Observed {
         let step = self.steps.len();
-        let c_closed = self
-            .reference
-            .as_ref()
-            .and_then(|r| r.get(step))
-            .is_some_and(|(_, o)| o.closed);
-        if c_closed {
-            read_reply(s, EVENT_LIMIT)
-        } else {
-            read_settled(s, self.port)
+        match self.reference.as_ref().and_then(|r| r.get(step)) {
+            None => read_settled(s, self.port),
+            Some((_, c)) if c.closed => read_reply(s, EVENT_LIMIT),
+            // As many bytes as the C epmd sent (a reply can reach us after
+            // a barrier that overtook it), then the barrier read.
+            Some((_, c)) => read_at_least(s, self.port, c.bytes.len()),
         }
     }
 

@@ -204,7 +204,35 @@ pub fn read_settled(s: &mut TcpStream, port: u16) -> Observed {
     Observed { bytes, closed }
 }
 
-/// Open a connection, send `req`, collect the reply.
+/// Block until `s` has data or the peer closed it (or `limit` passes),
+/// consuming nothing.
+pub fn wait_readable(s: &TcpStream, limit: Duration) {
+    s.set_read_timeout(Some(limit)).ok();
+    let _ = s.peek(&mut [0u8; 1]);
+    s.set_read_timeout(None).ok();
+}
+
+/// What the daemon sent on `s` once at least `want` bytes (or the close)
+/// arrived, plus whatever the settling barrier shows after that.
+pub fn read_at_least(s: &mut TcpStream, port: u16, want: usize) -> Observed {
+    let deadline = Instant::now() + EVENT_LIMIT;
+    let mut seen = Observed {
+        bytes: Vec::new(),
+        closed: false,
+    };
+    loop {
+        wait_readable(s, deadline.saturating_duration_since(Instant::now()));
+        let o = read_settled(s, port);
+        seen.bytes.extend_from_slice(&o.bytes);
+        seen.closed = o.closed;
+        if seen.closed || seen.bytes.len() >= want || Instant::now() >= deadline {
+            return seen;
+        }
+    }
+}
+
+/// Open a connection, send `req`, collect the reply (every request sent
+/// this way gets one, or a close).
 pub fn exchange(port: u16, req: &[u8]) -> Observed {
     exchange_keep(port, req).1
 }
@@ -213,7 +241,7 @@ pub fn exchange(port: u16, req: &[u8]) -> Observed {
 pub fn exchange_keep(port: u16, req: &[u8]) -> (TcpStream, Observed) {
     let mut s = connect(port);
     s.write_all(req).expect("write");
-    let o = read_settled(&mut s, port);
+    let o = read_at_least(&mut s, port, 1);
     (s, o)
 }
 
