@@ -94,4 +94,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
-cargo test
+# Every test binary, even after a failure: one run shows every problem.
+cargo test --no-fail-fast

@@ -129,8 +129,9 @@ fn arbitrary_bytes_never_panic_and_accepted_frames_are_exact() {
                 if req != (Request::Stop { name: Vec::new() }) {
                     prop_assert_eq!(decode_frame(&again), Ok(req.clone()));
                 }
+                // (epmd, too, ignores bytes after an ALIVE2's extra field.)
                 if matches!(req, Request::Alive2(_) | Request::PortPlease2 { .. }) {
-                    prop_assert_eq!(&again[..], &bytes[..], "{:?}", req);
+                    prop_assert!(bytes[2..].starts_with(&again[2..]), "{:?}", req);
                 }
             }
             Ok(())
