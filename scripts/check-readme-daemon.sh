@@ -53,6 +53,7 @@ done
 $seen || { echo "a node registered with it does not show in -names"; "$client" -names || true; exit 1; }
 "$client" -names
 kill "$node"
+wait "$node" 2>/dev/null || true
 kill -TERM "$pid"
 wait "$pid" || { echo "the daemon did not exit cleanly on SIGTERM"; cat "$log"; exit 1; }
 echo "check-readme-daemon: ok, pid $pid answered on 4369 and stopped on SIGTERM"
