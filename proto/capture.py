@@ -13,6 +13,7 @@ import glob
 import os
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -111,13 +112,16 @@ def run(procs):
     threading.Thread(target=serve, args=(ls,), daemon=True).start()
     env = dict(os.environ, ERL_EPMD_PORT=str(PROXY))
     erl = ["erl", "-noshell", "-start_epmd", "false", "-setcookie", "vec"]
+    # The VMs run in a scratch directory: a crash dump never lands in the repo.
+    scratch = tempfile.mkdtemp(prefix="capture-")
     node = subprocess.Popen(erl + ["-name", "vec@127.0.0.1",
-                                   "-eval", "receive stop -> ok end"], env=env)
+                                   "-eval", "receive stop -> ok end"], env=env,
+                            cwd=scratch)
     procs.append(node)
     time.sleep(3)
     subprocess.run(erl + ["-name", "probe@127.0.0.1", "-eval",
                           "pong = net_adm:ping('vec@127.0.0.1'), halt()."],
-                   env=env, check=True)
+                   env=env, check=True, cwd=scratch)
     client = lambda *a: subprocess.run([EPMD, "-port", str(PROXY), *a],
                                        stdout=subprocess.DEVNULL)
     time.sleep(0.5)

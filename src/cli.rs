@@ -395,7 +395,9 @@ pub fn parse_address_list(list: Option<&str>) -> Result<Vec<IpAddr>, String> {
         let ip: IpAddr = t
             .parse()
             .map_err(|_| format!("cannot parse IP address {t:?} in -address"))?;
-        if !ip.is_loopback() && !addrs.contains(&ip) {
+        // Every given address, 127.0.0.2 too (epmd adds loopback only when
+        // it is not given): only exact repeats are dropped.
+        if !addrs.contains(&ip) {
             addrs.push(ip);
         }
     }
@@ -462,6 +464,9 @@ mod tests {
                 IpAddr::from([10, 0, 0, 5]),
             ]
         );
+        // A loopback-range address other than 127.0.0.1 is listened on too.
+        let l = parse_address_list(Some("127.0.0.2")).unwrap();
+        assert!(l.contains(&IpAddr::from([127, 0, 0, 2])), "{l:?}");
         assert!(parse_address_list(Some("nonsense")).is_err());
     }
 }

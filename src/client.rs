@@ -52,8 +52,13 @@ pub fn run(cmd: &ClientCommand, port: u16, out: &mut dyn Write, err: &mut dyn Wr
             }
             if !silent {
                 let port = u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]);
-                let _ = writeln!(out, "epmd: up and running on port {port} with data:");
-                let _ = out.write_all(&reply[4..]);
+                // One write, as epmd's block-buffered stdout does: a reader
+                // of the pipe (epmd_SUITE's names_stdout takes the first
+                // chunk) sees the header and the names together.
+                let mut text =
+                    format!("epmd: up and running on port {port} with data:\n").into_bytes();
+                text.extend_from_slice(&reply[4..]);
+                let _ = out.write_all(&text);
             }
             0
         }

@@ -135,7 +135,12 @@ fn dump_output_matches_modulo_descriptors() {
     // d1 becomes an "old/unused" name, d2 stays active.
     drop(hc.remove(0));
     drop(hk.remove(0));
-    std::thread::sleep(Duration::from_millis(200));
+    // Both have seen d1's connection close: it left NAMES.
+    for port in [c.port, k.port] {
+        wait_until(EVENT_LIMIT, "d1 to leave NAMES", || {
+            !client(Impl::C, port, &["-names"]).1.contains("name d1 at")
+        });
+    }
     let strip = |s: String, port: u16| {
         s.replace(&port.to_string(), "PORT")
             .split("fd = ")
@@ -202,10 +207,34 @@ fn bad_flags_name_the_problem_and_fail() {
 
 #[test]
 fn address_flag_limits_listening_to_loopback_plus_given() {
-    // 127.0.0.1 only (loopback is always added): still reachable on loopback.
-    let port = free_port();
-    let _d = Daemon::start_on(Impl::Kube, port, &["-address", "127.0.0.1"]);
-    assert_eq!(client(Impl::C, port, &["-names"]).0, 0);
+    // -address 127.0.0.2: the daemon listens there and on loopback (always
+    // added, as in epmd), on nothing else: 127.0.0.3 (any address but
+    // these) is refused. A daemon that ignored -address would listen on
+    // the wildcard and accept there.
+    let mut listening = Vec::new();
+    for which in [Impl::C, Impl::Kube] {
+        let port = free_port();
+        let d = Daemon::start_on(which, port, &["-address", "127.0.0.2"]);
+        let given = std::net::SocketAddr::from(([127, 0, 0, 2], port));
+        let other = std::net::SocketAddr::from(([127, 0, 0, 3], port));
+        assert!(
+            TcpStream::connect(given).is_ok(),
+            "{which:?}: {given} refused"
+        );
+        assert!(
+            TcpStream::connect(other).is_err(),
+            "{which:?}: {other} accepted: -address ignored"
+        );
+        assert_eq!(client(which, port, &["-names"]).0, 0, "{which:?}: loopback");
+        let addrs = support::identity::listen_addrs(d.pid(), port);
+        assert!(
+            addrs.iter().all(|a| !a.is_unspecified()),
+            "{which:?} listens on a wildcard: {addrs:?}"
+        );
+        listening.push(addrs);
+    }
+    // The same set of addresses as OTP's epmd.
+    assert_eq!(listening[1], listening[0], "kube-epmd vs C epmd");
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //! compared with what kustomize rendered: a key that does not survive the
 //! round trip is not a field of that type, and the test names its path.
 
+#[allow(dead_code)]
+#[path = "support/prereq.rs"]
+mod prereq;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,13 +58,12 @@ fn repo_path(rel: &str) -> PathBuf {
 
 /// `kubectl kustomize DIR`, as `kubectl apply -k DIR` would build it.
 fn render(dir: &str) -> String {
+    prereq::kubectl();
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(repo_path(dir))
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run kubectl (install kubernetes-client; .ci/run does): {e}")
-        });
+        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
     if !out.status.success() {
         // The kustomizations use kustomize v5 syntax (kubectl 1.27+);
         // Debian bookworm's kubernetes-client (1.20) embeds kustomize v2.
@@ -568,10 +571,18 @@ fn check_ports(m: &Manifests) -> Result<(), String> {
                     p.port
                 ));
             }
-            let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
-            let n = port_number(&target, &named).ok_or(format!(
-                "Service {name} targets port {target:?}, which no container names"
-            ))?;
+            // Numbers only: a named targetPort is resolved against the
+            // pod's containers, and Kubernetes before 1.32 does not look at
+            // init containers, where the native sidecar's port lives.
+            let n = match p.target_port.clone().unwrap_or(IntOrString::Int(p.port)) {
+                IntOrString::Int(n) => n,
+                IntOrString::String(s) => {
+                    return Err(format!(
+                        "Service {name}: targetPort {s:?} is a name; use the number \
+                         (named ports on init containers resolve only from Kubernetes 1.32)"
+                    ));
+                }
+            };
             if !numbers.contains(&n) {
                 return Err(format!(
                     "Service {name} targets {n}, which no container declares"
@@ -1140,6 +1151,7 @@ fn all_checks(m: &Manifests) -> Vec<String> {
 // -------------------------------------------------------------------- tests
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn every_rendered_object_is_a_known_type_without_unknown_fields() {
     for dir in KUSTOMIZATIONS {
         let objs = rendered_objects(dir);
@@ -1169,6 +1181,7 @@ fn every_rendered_object_is_a_known_type_without_unknown_fields() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn cross_references_hold_in_every_kustomization() {
     for dir in KUSTOMIZATIONS {
         let problems = all_checks(&Manifests::load(dir));
@@ -1177,6 +1190,7 @@ fn cross_references_hold_in_every_kustomization() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn overlays_differ_only_in_the_node_name() {
     let base = Manifests::load("deploy");
     let short = Manifests::load("deploy/overlays/short-names");
@@ -1189,6 +1203,7 @@ fn overlays_differ_only_in_the_node_name() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn unknown_field_check_names_a_misspelled_key() {
     let objs = rendered_objects("deploy");
     let sts = objs
@@ -1260,6 +1275,7 @@ fn duplicated_key_is_a_parse_error() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn role_check_rejects_anything_but_read_on_pods_and_the_statefulset() {
     let m = Manifests::load("deploy");
     check_role(&m.role, "chat").expect("the shipped Role passes");
@@ -1295,6 +1311,7 @@ fn role_check_rejects_anything_but_read_on_pods_and_the_statefulset() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn lifecycle_check_wants_parallel_pods_and_the_replicas_feed() {
     let m = Manifests::load("deploy");
     check_lifecycle(&m).expect("the shipped StatefulSet passes");
@@ -1344,6 +1361,7 @@ fn ejabberd_mut(m: &mut Manifests) -> &mut Container {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn cross_reference_checks_catch_broken_wiring() {
     let fresh = || Manifests::load("deploy");
     let mut m = fresh();
@@ -1369,6 +1387,18 @@ fn cross_reference_checks_catch_broken_wiring() {
     assert!(
         check_selectors(&m).is_err(),
         "a Service selecting other pods"
+    );
+
+    let mut m = fresh();
+    let svc = m
+        .services
+        .get_mut("xmpp-internal-svc")
+        .and_then(|s| s.spec.as_mut());
+    svc.expect("headless svc").ports.as_mut().expect("ports")[0].target_port =
+        Some(IntOrString::String("epmd".into()));
+    assert!(
+        check_ports(&m).unwrap_err().contains("is a name"),
+        "a named targetPort (the sidecar's `epmd`, declared on an init container)"
     );
 
     let mut m = fresh();
@@ -1456,20 +1486,38 @@ fn script() -> PathBuf {
     repo_path("deploy/base/ejabberd/cluster-entrypoint.sh")
 }
 
+/// The hosts file kube-epmd's own renderer writes for StatefulSet pods
+/// (namespace `xmpp`, subdomain `xmpp-internal-svc`) with these IPs.
+fn kube_epmd_hosts(pods: &[(&str, &[&str])]) -> String {
+    let mut table = kube_epmd::peers::PeerTable::default();
+    for (name, ips) in pods {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "xmpp"},
+            "spec": {"hostname": name, "subdomain": "xmpp-internal-svc", "containers": []},
+            "status": {
+                "phase": "Running",
+                "podIP": ips[0],
+                "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
+            },
+        }))
+        .expect("pod");
+        assert!(table.apply(&pod), "{name} is not a peer");
+    }
+    kube_epmd::files::render::render_hosts(&table, "cluster.local")
+}
+
 /// The shells to run the script with: the system `sh`, and BusyBox (what
-/// the Alpine-based ejabberd image has: ash, awk, sort, cut) when installed.
+/// the Alpine-based ejabberd image has: ash, awk, sort, cut).
 fn shells() -> Vec<(String, Option<tempfile::TempDir>)> {
     let mut out = vec![("sh".to_string(), None)];
-    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.is_file());
-    if let Some(bb) = busybox {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for applet in ["sh", "awk", "sort", "cut"] {
-            std::os::unix::fs::symlink(&bb, dir.path().join(applet)).expect("symlink");
-        }
-        out.push((dir.path().join("sh").display().to_string(), Some(dir)));
+    // BusyBox is required (the image runs the script with nothing else):
+    // missing, the test fails naming it unless KUBE_EPMD_TEST_SKIP=busybox.
+    let bb = prereq::busybox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for applet in ["sh", "awk", "sort", "cut"] {
+        std::os::unix::fs::symlink(&bb, dir.path().join(applet)).expect("symlink");
     }
+    out.push((dir.path().join("sh").display().to_string(), Some(dir)));
     out
 }
 
@@ -1522,26 +1570,23 @@ fn cluster_script_is_valid_shell() {
 }
 
 #[test]
+#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
 fn cluster_script_finds_peers_in_the_hosts_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
-    // The shape kube-epmd writes (src/resolver.rs): a comment, loopback
-    // lines, then "IP<TAB>names" with every naming form of a pod, one line
-    // per IP (dual stack). One line uses spaces, as hand-written files do.
-    std::fs::write(
-        &hosts,
-        "# Written by kube-epmd from the Kubernetes API; replaced as pods change.\n\
-         127.0.0.1\tlocalhost\n\
-         ::1\tlocalhost ip6-localhost ip6-loopback\n\
-         10.1.0.12\tchat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp chat-2.xmpp-internal-svc.xmpp.svc chat-2.xmpp-internal-svc.xmpp.svc.cluster.local\n\
-         fd00::12\tchat-2 chat-2.xmpp-internal-svc chat-2.xmpp-internal-svc.xmpp chat-2.xmpp-internal-svc.xmpp.svc chat-2.xmpp-internal-svc.xmpp.svc.cluster.local\n\
-         10.1.0.10\tchat-0 chat-0.xmpp-internal-svc chat-0.xmpp-internal-svc.xmpp\n\
-         10.1.0.11 chat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.xmpp\n\
-         10.1.0.20\tchat-10 chat-10.xmpp-internal-svc\n\
-         10.1.0.30\tchatter-3 chatter-3.xmpp-internal-svc\n\
-         10.1.0.31\tchat-x chat-x.xmpp-internal-svc\n",
-    )
-    .expect("write hosts");
+    // What kube-epmd itself writes (its real renderer), for pods of every
+    // kind the script must sort out, plus one hand-written line that
+    // separates with spaces.
+    let mut hosts_text = kube_epmd_hosts(&[
+        ("chat-2", &["10.1.0.12", "fd00::12"]),
+        ("chat-0", &["10.1.0.10"]),
+        ("chat-10", &["10.1.0.20"]),
+        ("chatter-3", &["10.1.0.30"]),
+        ("chat-x", &["10.1.0.31"]),
+    ]);
+    hosts_text
+        .push_str("10.1.0.11 chat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.xmpp\n");
+    std::fs::write(&hosts, hosts_text).expect("write hosts");
 
     for sh in shells() {
         assert_eq!(
@@ -1584,6 +1629,7 @@ fn cluster_script_finds_peers_in_the_hosts_file() {
 /// The Dockerfile's final stage and the sidecar spec agree: same non-root
 /// user, the binary as entrypoint (the spec passes args only), the ports.
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn image_recipe_matches_the_sidecar() {
     let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).expect("Dockerfile");
     let final_stage = dockerfile.rsplit("\nFROM ").next().expect("a final stage");

@@ -18,6 +18,10 @@
 //! Needs root, iproute2, erlang and the ejabberd package (.ci/run installs
 //! them). Addresses exist only inside the namespaces this test creates.
 
+#[allow(dead_code)]
+#[path = "support/prereq.rs"]
+mod prereq;
+
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
@@ -300,11 +304,14 @@ fn ejabberd_ids() -> (u32, u32) {
 }
 
 #[test]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_ejabberd,
+    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
+)]
 fn deploy_files_form_an_ejabberd_cluster_through_kube_epmd() {
-    assert!(
-        Path::new("/usr/sbin/ejabberdctl").exists(),
-        "needs Debian's ejabberd package (.ci/run installs it)"
-    );
+    prereq::netns();
+    prereq::ejabberd();
     let mut pods = setup();
 
     let _ = pods.start_ejabberd(0);

@@ -3,6 +3,9 @@
 //! or kept open alike. The only normalisations are values that differ by
 //! construction: the daemon's own port in NAMES/DUMP headers, creations
 //! (time-based; their relations are compared instead) and DUMP's fd numbers.
+//!
+//! "Closed" and "kept open" are decided by events, not by a quiet spell:
+//! see [`Script::observe`].
 
 mod support;
 
@@ -18,6 +21,10 @@ struct Script {
     steps: Vec<(String, Observed)>,
     creations: Vec<u32>,
     held: Vec<TcpStream>,
+    /// Names registered on `held` connections, if they were ALIVE2s.
+    held_names: Vec<Option<Vec<u8>>>,
+    /// The C epmd's transcript, when this is kube-epmd's run.
+    reference: Option<Vec<(String, Observed)>>,
 }
 
 impl Script {
@@ -27,6 +34,8 @@ impl Script {
             steps: Vec::new(),
             creations: Vec::new(),
             held: Vec::new(),
+            held_names: Vec::new(),
+            reference: None,
         }
     }
 
@@ -46,30 +55,77 @@ impl Script {
         o
     }
 
+    /// What the daemon sent on `s` and whether it closed it. The C epmd
+    /// serves one event at a time in arrival order, so after a barrier
+    /// request on another connection is answered ([`read_settled`]) its
+    /// reply and close are in our buffers. kube-epmd's tasks may run in
+    /// another order, so its run follows the C transcript: where the C
+    /// epmd closed, wait (bounded) for kube-epmd's EOF, an event; where it
+    /// kept the connection open, wait for as many bytes as it sent, then
+    /// the barrier read.
+    fn observe(&mut self, s: &mut TcpStream) -> Observed {
+        let step = self.steps.len();
+        match self.reference.as_ref().and_then(|r| r.get(step)) {
+            None => read_settled(s, self.port),
+            Some((_, c)) if c.closed => read_reply(s, EVENT_LIMIT),
+            // As many bytes as the C epmd sent (a reply can reach us after
+            // a barrier that overtook it), then the barrier read.
+            Some((_, c)) => read_at_least(s, self.port, c.bytes.len()),
+        }
+    }
+
     /// Send on a fresh connection, record the reply.
     fn send(&mut self, label: &str, bytes: &[u8]) -> Observed {
-        let o = exchange(self.port, bytes);
-        self.record(label, o)
+        self.send_keep(label, bytes).1
+    }
+
+    fn send_keep(&mut self, label: &str, bytes: &[u8]) -> (TcpStream, Observed) {
+        let mut c = connect(self.port);
+        c.write_all(bytes).expect("write");
+        let o = self.observe(&mut c);
+        (c, self.record(label, o))
     }
 
     /// Send on a fresh connection and keep it (registrations); returns its index.
     fn send_hold(&mut self, label: &str, bytes: &[u8]) -> usize {
-        let (s, o) = exchange_keep(self.port, bytes);
-        self.record(label, o);
-        self.held.push(s);
+        let (c, _) = self.send_keep(label, bytes);
+        self.held.push(c);
+        // An ALIVE2 frame: len(2) 'x' port(2) type proto high(2) low(2) nlen(2) name.
+        let name = (bytes.get(2) == Some(&b'x'))
+            .then(|| {
+                let n = usize::from(u16::from_be_bytes([*bytes.get(11)?, *bytes.get(12)?]));
+                bytes.get(13..13 + n).map(<[u8]>::to_vec)
+            })
+            .flatten();
+        self.held_names.push(name);
         self.held.len() - 1
     }
 
     /// Is held connection `i` still open (and what arrived on it)?
     fn check_held(&mut self, label: &str, i: usize) {
-        let o = read_reply(&mut self.held[i], QUIET);
+        let mut c = self.held[i].try_clone().expect("clone");
+        let o = self.observe(&mut c);
         self.record(label, o);
     }
 
+    /// Close held connection `i` and wait until the daemon has dealt with
+    /// it: its name (if it was registered) is gone from NAMES.
     fn close_held(&mut self, i: usize) {
         let _ = self.held[i].shutdown(std::net::Shutdown::Both);
-        // Give the daemon time to notice the close before the next step.
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(settle(self.port), "daemon gone");
+        let Some(name) = self.held_names[i].clone() else {
+            return;
+        };
+        let listed = |port| {
+            let o = exchange(port, &frame(b"n"));
+            let mut line = b"name ".to_vec();
+            line.extend_from_slice(&name);
+            line.extend_from_slice(b" at port");
+            o.bytes.windows(line.len()).any(|w| w == line)
+        };
+        wait_until(EVENT_LIMIT, "a closed registration to leave NAMES", || {
+            !listed(self.port)
+        });
     }
 
     /// NAMES reply with the 4-byte port header checked and stripped.
@@ -122,15 +178,16 @@ fn mask_fds(b: &[u8]) -> Vec<u8> {
 /// Run `scenario` against the C epmd and kube-epmd with the same flags and
 /// assert identical transcripts; returns both runs' creations (C, kube).
 fn differential(flags: &[&str], scenario: impl Fn(&mut Script)) -> (Vec<u32>, Vec<u32>) {
-    let run = |which| {
+    let run = |which, reference| {
         let d = Daemon::start(which, flags);
         let mut s = Script::new(d.port);
+        s.reference = reference;
         scenario(&mut s);
         drop(d);
         s
     };
-    let c = run(Impl::C);
-    let k = run(Impl::Kube);
+    let c = run(Impl::C, None);
+    let k = run(Impl::Kube, Some(c.steps.clone()));
     assert_eq!(c.steps.len(), k.steps.len());
     for ((label, co), (_, ko)) in c.steps.iter().zip(&k.steps) {
         assert_eq!(
@@ -246,7 +303,7 @@ fn one_byte_at_a_time() {
             c.write_all(&[*b]).expect("write");
             std::thread::sleep(Duration::from_millis(15));
         }
-        let o = read_reply(&mut c, QUIET);
+        let o = s.observe(&mut c);
         s.record("port_please dripped", o);
     });
 }

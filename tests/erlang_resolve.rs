@@ -71,6 +71,8 @@ async fn erl_resolves_peer_names_from_the_generated_inetrc_and_follows_changes()
             &erl_program(),
         ])
         .env("ERL_INETRC", d.inetrc_path())
+        // A crash dump goes to the test's scratch directory, not the repo.
+        .current_dir(d.dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

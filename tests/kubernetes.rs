@@ -338,7 +338,7 @@ async fn api_down_forbidden_and_cut_watches_keep_the_table_and_recover() {
     assert!(unreachable >= 1.0);
 
     // --- 403: RBAC taken away. ---
-    let restarts = d.metric("kube_epmd_watch_restarts_total").await.unwrap();
+    let before_403 = d.metric("kube_epmd_watch_restarts_total").await.unwrap();
     api.set_forbidden(true);
     eventually(&d, RECOVER, "readyz reports 403", || async {
         let (code, body) = d.get("/readyz").await?;
@@ -361,6 +361,10 @@ async fn api_down_forbidden_and_cut_watches_keep_the_table_and_recover() {
     api.upsert_pod(sts_pod("chat-1", &["10.244.1.21"], true));
     want.insert(1, line("10.244.1.21", "chat-1"));
     wait_hosts(&d, &hosts_of(&want), "change after 403").await;
+    assert!(
+        d.metric("kube_epmd_watch_restarts_total").await.unwrap() >= before_403 + 1.0,
+        "a 403 ends the watch: it restarts with a re-list"
+    );
 
     // --- A watch cut mid-stream. ---
     // kube-rs takes an unexpected EOF as the end of the stream and resumes
@@ -371,6 +375,9 @@ async fn api_down_forbidden_and_cut_watches_keep_the_table_and_recover() {
     })
     .await;
     let watches = api.watch_count();
+    // Read right before the cut: only what the cut causes counts.
+    let restarts = d.metric("kube_epmd_watch_restarts_total").await.unwrap();
+    let lists = api.list_count();
     api.drop_watches();
     api.delete_pod("chat", "chat-0");
     want.remove(0);
@@ -380,7 +387,13 @@ async fn api_down_forbidden_and_cut_watches_keep_the_table_and_recover() {
     want.insert(0, line("10.244.0.10", "chat-0"));
     wait_hosts(&d, &hosts_of(&want), "change after the cut").await;
     assert_eq!(d.get("/readyz").await.unwrap(), (200, "ok\n".to_string()));
-    assert!(d.metric("kube_epmd_watch_restarts_total").await.unwrap() >= restarts + 1.0);
+    // Resumed, not restarted: no error counted, no re-list sent.
+    assert_eq!(
+        d.metric("kube_epmd_watch_restarts_total").await,
+        Some(restarts),
+        "a cut watch resumes from its resourceVersion"
+    );
+    assert_eq!(api.list_count(), lists, "no re-list after a cut");
     assert!(d.running());
 }
 

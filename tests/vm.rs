@@ -45,6 +45,9 @@ fn erl(name: &str, epmd_port: u16) -> Command {
         "kube-epmd-test",
     ])
     .env("ERL_EPMD_PORT", epmd_port.to_string())
+    // A crashing VM writes erl_crash.dump into its working directory:
+    // never the repository.
+    .current_dir(std::env::temp_dir())
     .stdin(Stdio::null());
     c
 }

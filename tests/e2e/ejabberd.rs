@@ -295,6 +295,12 @@ async fn scenario() -> Result<(), String> {
 
 /// Scenario 2: three real ejabberd pods cluster through kube-epmd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_ejabberd,
+    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
+)]
 async fn s2_ejabberd_cluster() {
+    crate::support::prereq::ejabberd();
     run("s2 ejabberd cluster", scenario()).await;
 }

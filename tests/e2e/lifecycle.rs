@@ -955,6 +955,14 @@ async fn lifecycle() -> Result<(), String> {
 
 /// Issue 10: every lifecycle event ends in a full cluster with the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_ejabberd,
+    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
+)]
+#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
 async fn lifecycle_ejabberd_events() {
+    crate::support::prereq::ejabberd();
+    crate::support::prereq::busybox();
     run("lifecycle ejabberd events", lifecycle()).await;
 }

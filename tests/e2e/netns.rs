@@ -43,23 +43,6 @@ pub fn ip(args: &[&str]) -> Result<Output, String> {
     }
 }
 
-/// Why this machine cannot run the suite, if it cannot: not root, or
-/// network namespaces unavailable. Anything else is a real failure.
-pub fn unsupported() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: network namespaces need CAP_SYS_ADMIN".into());
-    }
-    let probe = format!("{PREFIX}-{}-probe", std::process::id());
-    match ip(&["netns", "add", &probe]) {
-        Ok(_) => {
-            let _ = ip(&["netns", "del", &probe]);
-            None
-        }
-        Err(e) => Some(format!("`ip netns add` is impossible here: {e}")),
-    }
-}
-
 /// One network namespace, deleted (with everything running in it) on drop.
 pub struct Netns {
     pub name: String,

@@ -741,6 +741,12 @@ async fn scenario() -> Result<(), String> {
 /// Scenario 9: three Debian rabbitmq-server brokers cluster through
 /// kube-epmd by classic-config peer discovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_rabbitmq,
+    ignore = "needs Debian's rabbitmq-server (KUBE_EPMD_TEST_SKIP)"
+)]
 async fn s9_rabbitmq_cluster() {
+    crate::support::prereq::rabbitmq();
     run("s9 rabbitmq cluster", scenario()).await;
 }

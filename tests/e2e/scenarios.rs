@@ -103,18 +103,21 @@ async fn port_please(mesh: &mut Mesh, from: usize, to: usize) -> Result<String, 
 
 /// Scenario 1: three `ejabberd@chat-K.xmpp-internal-svc` nodes mesh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s1_full_mesh_long_names() {
     run("s1 full mesh, long names", full_mesh(Naming::Long, "s1l")).await;
 }
 
 /// Scenario 1 again with the seed's short names `ejabberd@chat-K`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s1_full_mesh_short_names() {
     run("s1 full mesh, short names", full_mesh(Naming::Short, "s1s")).await;
 }
 
 /// Scenario 3: a published but not Ready pod is resolvable and joinable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s3_not_ready_pod_joins() {
     run("s3 not-Ready pod resolvable and joinable", async {
         let mut mesh = Mesh::boot("s3", 3, Naming::Long, |k| k != 2).await?;
@@ -147,6 +150,7 @@ async fn s3_not_ready_pod_joins() {
 
 /// Scenario 4: kube-epmd killed and restarted under a running node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s4_sidecar_restart() {
     run("s4 kube-epmd killed and restarted", async {
         let mut mesh = Mesh::boot("s4", 3, Naming::Short, |_| true).await?;
@@ -227,6 +231,7 @@ async fn s4_sidecar_restart() {
 
 /// Scenario 5: a node restarted gets dropped at once and comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s5_node_restart() {
     run("s5 node restarted", async {
         let mut mesh = Mesh::boot("s5", 3, Naming::Short, |_| true).await?;
@@ -264,6 +269,7 @@ async fn s5_node_restart() {
 
 /// Scenario 6: a pod re-created with a new IP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s6_pod_ip_change() {
     run("s6 pod IP change", async {
         let mut mesh = Mesh::boot("s6", 3, Naming::Long, |_| true).await?;
@@ -335,6 +341,7 @@ async fn s6_pod_ip_change() {
 
 /// Scenario 7: the API server goes away for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s7_api_outage() {
     run("s7 API server outage", async {
         let mut mesh = Mesh::boot("s7", 3, Naming::Short, |_| true).await?;
@@ -410,6 +417,7 @@ async fn s7_api_outage() {
 
 /// Scenario 8: scale-up to a fourth pod while the others run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
 async fn s8_scale_up() {
     run("s8 scale-up to 4 pods", async {
         let mut mesh = Mesh::boot("s8", 3, Naming::Short, |_| true).await?;

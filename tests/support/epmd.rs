@@ -9,16 +9,7 @@ use std::time::{Duration, Instant};
 
 /// OTP's own epmd from Debian's erlang-base: the reference implementation.
 pub fn c_epmd_path() -> PathBuf {
-    let dir = std::fs::read_dir("/usr/lib/erlang").expect("erlang-base is not installed");
-    let mut found: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin/epmd"))
-        .filter(|p| p.exists() && p.to_string_lossy().contains("erts-"))
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("no /usr/lib/erlang/erts-*/bin/epmd (apt-get install erlang-base)")
+    super::prereq::erl()
 }
 
 pub fn kube_epmd_path() -> PathBuf {
@@ -68,7 +59,11 @@ impl Daemon {
         let child = cmd.spawn().expect("spawn epmd");
         let mut d = Daemon { port, which, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        // Up when it answers on loopback AND the listener is its own (the
+        // free port may have been taken by someone else meanwhile).
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err()
+            || !super::identity::listens_alone(d.child.id(), port)
+        {
             let exited = d.child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() > deadline {
                 if exited.is_none() {
@@ -166,21 +161,87 @@ pub fn read_reply(s: &mut TcpStream, quiet: Duration) -> Observed {
     }
 }
 
-/// Default wait for "the daemon keeps this connection open".
-pub const QUIET: Duration = Duration::from_millis(300);
+/// Longest wait for an event the daemon owes us (a reply, a close).
+pub const EVENT_LIMIT: Duration = Duration::from_secs(10);
 
-/// Open a connection, send `req`, collect the reply.
+/// A barrier: a NAMES request on a connection of its own, read to the
+/// end. Both epmds serve one event at a time (a select loop; a
+/// single-threaded runtime), so once it is answered the daemon has dealt
+/// with what it had received before it, and what that made it send (a
+/// reply, a FIN) is already in our socket buffers: loopback delivers at
+/// once. Returns false if the daemon is gone.
+pub fn settle(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) else {
+        return false;
+    };
+    if s.write_all(&frame(b"n")).is_err() {
+        return false;
+    }
+    let o = read_reply(&mut s, EVENT_LIMIT);
+    o.closed && o.bytes.len() >= 4
+}
+
+/// What the daemon on `port` has sent on `s` and whether it closed it,
+/// decided by events rather than a quiet spell: two barriers (the second
+/// also covers anything the first overtook), then a read of what is
+/// there without waiting. If the daemon is gone, wait for the EOF.
+pub fn read_settled(s: &mut TcpStream, port: u16) -> Observed {
+    if !(settle(port) && settle(port)) {
+        return read_reply(s, EVENT_LIMIT);
+    }
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).expect("blocking");
+    Observed { bytes, closed }
+}
+
+/// Block until `s` has data or the peer closed it (or `limit` passes),
+/// consuming nothing.
+pub fn wait_readable(s: &TcpStream, limit: Duration) {
+    s.set_read_timeout(Some(limit)).ok();
+    let _ = s.peek(&mut [0u8; 1]);
+    s.set_read_timeout(None).ok();
+}
+
+/// What the daemon sent on `s` once at least `want` bytes (or the close)
+/// arrived, plus whatever the settling barrier shows after that.
+pub fn read_at_least(s: &mut TcpStream, port: u16, want: usize) -> Observed {
+    let deadline = Instant::now() + EVENT_LIMIT;
+    let mut seen = Observed {
+        bytes: Vec::new(),
+        closed: false,
+    };
+    loop {
+        wait_readable(s, deadline.saturating_duration_since(Instant::now()));
+        let o = read_settled(s, port);
+        seen.bytes.extend_from_slice(&o.bytes);
+        seen.closed = o.closed;
+        if seen.closed || seen.bytes.len() >= want || Instant::now() >= deadline {
+            return seen;
+        }
+    }
+}
+
+/// Open a connection, send `req`, collect the reply (every request sent
+/// this way gets one, or a close).
 pub fn exchange(port: u16, req: &[u8]) -> Observed {
-    let mut s = connect(port);
-    s.write_all(req).expect("write");
-    read_reply(&mut s, QUIET)
+    exchange_keep(port, req).1
 }
 
 /// Same, but hand back the socket (for registrations held open).
 pub fn exchange_keep(port: u16, req: &[u8]) -> (TcpStream, Observed) {
     let mut s = connect(port);
     s.write_all(req).expect("write");
-    let o = read_reply(&mut s, QUIET);
+    let o = read_at_least(&mut s, port, 1);
     (s, o)
 }
 

@@ -5,3 +5,5 @@
 pub mod apiserver;
 pub mod daemon;
 pub mod epmd;
+pub mod identity;
+pub mod prereq;
