@@ -534,6 +534,35 @@ fn cross_reference_checks_catch_broken_wiring() {
         .push("--no-such-flag".into());
     assert!(check_sidecar(&m).unwrap_err().contains("rejects"));
 
+    // The admin port: kube-epmd's default ([::]:9090, both families) unless
+    // --admin-addr says otherwise; an IPv4-only wildcard fails on IPv6-only
+    // clusters, one address fails wherever the pod IP is another.
+    let with_admin = |addr: &str| {
+        let mut m = fresh();
+        sidecar_mut(&mut m)
+            .args
+            .as_mut()
+            .expect("args")
+            .push(format!("--admin-addr={addr}"));
+        check_sidecar(&m)
+    };
+    assert!(
+        with_admin("0.0.0.0:9090")
+            .unwrap_err()
+            .contains("IPv4 only")
+    );
+    assert!(
+        with_admin("127.0.0.1:9090")
+            .unwrap_err()
+            .contains("one address")
+    );
+    assert!(
+        with_admin("[::]:9091")
+            .unwrap_err()
+            .contains("not /readyz on the admin port 9091")
+    );
+    with_admin("[::]:9090").expect("the default, spelt out");
+
     let mut m = fresh();
     sidecar_mut(&mut m).env.as_mut().expect("env").push(EnvVar {
         name: "KUBE_EPMD_SELECTR".into(),

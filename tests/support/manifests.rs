@@ -24,7 +24,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube_epmd::cli::{Args, PortRange, normalize_epmd_flags};
+use kube_epmd::cli::{Args, DEFAULT_KUBE_ADMIN_PORT, PortRange, normalize_epmd_flags};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -787,11 +787,7 @@ pub fn check_sidecar_common(m: &Manifests) -> Result<Args, String> {
     if args.kube.pod_name.is_none() || args.kube.namespace.is_none() {
         return Err("kube-epmd did not get its pod name and namespace".into());
     }
-    let admin = args
-        .kube
-        .admin_addr
-        .ok_or("set --admin-addr so the probes can be checked")?
-        .port();
+    let admin = admin_port(&args)?;
     let (named, _) = container_ports(m);
     let probe = c
         .startup_probe
@@ -819,6 +815,30 @@ pub fn check_sidecar_common(m: &Manifests) -> Result<Args, String> {
         ));
     }
     Ok(args)
+}
+
+/// The port the admin endpoint (and so the probes) listens on: `--admin-addr`
+/// when given, else kube-epmd's own Kubernetes-mode default (`[::]:9090`,
+/// both families). An address the kubelet cannot reach on every cluster is
+/// refused: the probes go to the pod IP, IPv4 or IPv6.
+pub fn admin_port(args: &Args) -> Result<u16, String> {
+    let Some(addr) = args.kube.admin_addr else {
+        return Ok(DEFAULT_KUBE_ADMIN_PORT);
+    };
+    if addr.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+        return Err(format!(
+            "--admin-addr={addr} listens on IPv4 only: the probes fail on an IPv6-only \
+             cluster; drop it (the default [::]:{DEFAULT_KUBE_ADMIN_PORT} takes both families)"
+        ));
+    }
+    if !addr.ip().is_unspecified() {
+        return Err(format!(
+            "--admin-addr={addr} listens on one address: the probes go to the pod IP, \
+             which no manifest knows; use [::]:{}",
+            addr.port()
+        ));
+    }
+    Ok(addr.port())
 }
 
 /// kube-epmd's output directory and the sidecar's mount of it.
