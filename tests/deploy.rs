@@ -23,10 +23,10 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    DIST, Manifests, check_app_sees_output_dir, check_env_expansion, check_hardening,
-    check_headless_service, check_no_literal_cookie, check_ports, check_rbac_wiring, check_role,
-    check_selectors, check_sidecar_common, container_mut, env, field_ref, object_id,
-    parse_documents, prereq, rendered_objects, repo_path, sidecar_args, sidecar_mut,
+    DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
+    check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
+    check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
+    field_ref, parse_documents, prereq, rendered_objects, repo_path, sidecar_args, sidecar_mut,
     unknown_fields, valid_port_name,
 };
 use serde_json::Value;
@@ -281,29 +281,7 @@ fn all_checks(m: &Manifests) -> Vec<String> {
 #[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn every_rendered_object_is_a_known_type_without_unknown_fields() {
     for dir in KUSTOMIZATIONS {
-        let objs = rendered_objects(dir);
-        let problems: Vec<String> = objs
-            .iter()
-            .flat_map(|o| {
-                unknown_fields(o)
-                    .into_iter()
-                    .map(move |p| format!("{}{p}", object_id(o)))
-            })
-            .collect();
-        assert!(problems.is_empty(), "{dir}:\n{}", problems.join("\n"));
-        let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
-        for k in [
-            "StatefulSet",
-            "Service",
-            "ServiceAccount",
-            "Role",
-            "RoleBinding",
-            "NetworkPolicy",
-            "PodDisruptionBudget",
-            "ConfigMap",
-        ] {
-            assert!(kinds.contains(k), "{dir} renders no {k}");
-        }
+        assert_typed_objects(dir, &[]);
     }
 }
 

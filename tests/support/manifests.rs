@@ -148,6 +148,39 @@ pub fn object_id(obj: &Value) -> String {
     )
 }
 
+/// The objects `dir` renders, after asserting that each is a known type
+/// without unknown fields and that all the kinds a kube-epmd deployment is
+/// made of are there (and `extra_kinds`).
+pub fn assert_typed_objects(dir: &str, extra_kinds: &[&str]) -> Vec<Value> {
+    let objs = rendered_objects(dir);
+    let problems: Vec<String> = objs
+        .iter()
+        .flat_map(|o| {
+            unknown_fields(o)
+                .into_iter()
+                .map(move |p| format!("{}{p}", object_id(o)))
+        })
+        .collect();
+    assert!(problems.is_empty(), "{dir}:\n{}", problems.join("\n"));
+    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for k in [
+        "StatefulSet",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "ConfigMap",
+    ]
+    .iter()
+    .chain(extra_kinds)
+    {
+        assert!(kinds.contains(k), "{dir} renders no {k}");
+    }
+    objs
+}
+
 /// The rendered objects of one kustomization, by type.
 pub struct Manifests {
     pub statefulset: StatefulSet,
