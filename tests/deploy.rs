@@ -23,11 +23,11 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
+    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
     check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
     check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
-    field_ref, parse_documents, prereq, rendered_objects, repo_path, sidecar_args, sidecar_mut,
-    unknown_fields, valid_port_name,
+    field_ref, parse_documents, prereq, rendered_objects, repo_path, run_checks, sidecar_args,
+    sidecar_mut, unknown_fields, valid_port_name,
 };
 use serde_json::Value;
 
@@ -249,8 +249,6 @@ fn hardening(m: &Manifests) -> Result<(), String> {
     check_hardening(m, ALLOWED_CAPS)
 }
 
-type Check = fn(&Manifests) -> Result<(), String>;
-
 fn all_checks(m: &Manifests) -> Vec<String> {
     let checks: [(&str, Check); 10] = [
         ("role", |m| {
@@ -269,10 +267,7 @@ fn all_checks(m: &Manifests) -> Vec<String> {
         ("cluster script", check_cluster_script),
         ("hardening", hardening),
     ];
-    checks
-        .iter()
-        .filter_map(|(name, f)| f(m).err().map(|e| format!("{name}: {e}")))
-        .collect()
+    run_checks(m, &checks)
 }
 
 // -------------------------------------------------------------------- tests

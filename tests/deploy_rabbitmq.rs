@@ -22,10 +22,10 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
+    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
     check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
     check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
-    field_ref, object_id, pod_mut, sidecar_mut,
+    field_ref, object_id, pod_mut, run_checks, sidecar_mut,
 };
 
 const KUSTOMIZATION: &str = "deploy/examples/rabbitmq";
@@ -259,8 +259,6 @@ fn check_cookie(m: &Manifests) -> Result<(), String> {
     Ok(())
 }
 
-type Check = fn(&Manifests) -> Result<(), String>;
-
 fn all_checks(m: &Manifests) -> Vec<String> {
     let checks: [(&str, Check); 10] = [
         ("role", |m| check_role(&m.role, None)),
@@ -274,10 +272,7 @@ fn all_checks(m: &Manifests) -> Vec<String> {
         ("cookie", check_cookie),
         ("hardening", |m| check_hardening(m, &[])),
     ];
-    checks
-        .iter()
-        .filter_map(|(name, f)| f(m).err().map(|e| format!("{name}: {e}")))
-        .collect()
+    run_checks(m, &checks)
 }
 
 // -------------------------------------------------------------------- tests

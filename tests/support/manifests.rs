@@ -1050,6 +1050,17 @@ pub fn check_hardening(m: &Manifests, allowed_caps: &[(&str, &str)]) -> Result<(
     Ok(())
 }
 
+/// One check of a deployment, named in the report of `run_checks`.
+pub type Check = fn(&Manifests) -> Result<(), String>;
+
+/// Every failing check, as `name: message`.
+pub fn run_checks(m: &Manifests, checks: &[(&str, Check)]) -> Vec<String> {
+    checks
+        .iter()
+        .filter_map(|(name, f)| f(m).err().map(|e| format!("{name}: {e}")))
+        .collect()
+}
+
 // ------------------------------------------------- mutations for the tests
 
 pub fn pod_mut(m: &mut Manifests) -> &mut PodSpec {
