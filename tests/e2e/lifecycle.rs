@@ -450,20 +450,9 @@ impl Chat {
     /// `ejabberdctl ARGS` in pod `k` as `kubectl exec` runs it (bounded).
     async fn ctl(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
         let mut cmd = self.command(k, Path::new("/usr/sbin/ejabberdctl"));
-        cmd.args(args).kill_on_drop(true);
-        let limit = Duration::from_secs(70);
-        let out = tokio::time::timeout(limit, cmd.output())
-            .await
-            .map_err(|_| format!("chat-{k}: ejabberdctl {args:?} took over {limit:?}"))?
-            .map_err(|e| format!("chat-{k}: ejabberdctl: {e}"))?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        cmd.args(args);
+        let what = format!("chat-{k}: ejabberdctl {args:?}");
+        exec(cmd, &what, Duration::from_secs(70)).await
     }
 
     async fn ctl_ok(&self, k: usize, args: &[&str]) -> Result<String, String> {
@@ -568,19 +557,9 @@ impl Chat {
     /// `cluster-entrypoint.sh ARGS` in pod `k` as `kubectl exec` runs it.
     async fn script(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
         let mut cmd = self.command(k, &self.busybox);
-        cmd.args(["sh", SCRIPT]).args(args).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
-            .await
-            .map_err(|_| format!("chat-{k}: cluster-entrypoint.sh {args:?} took over 90 s"))?
-            .map_err(|e| format!("chat-{k}: cluster-entrypoint.sh: {e}"))?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        cmd.args(["sh", SCRIPT]).args(args);
+        let what = format!("chat-{k}: cluster-entrypoint.sh {args:?}");
+        exec(cmd, &what, Duration::from_secs(90)).await
     }
 
     async fn register(&self, k: usize, user: &str) -> Result<(), String> {
@@ -625,6 +604,27 @@ impl Chat {
     fn logs_contain(&self, ks: &[usize], needle: &str) -> Option<usize> {
         ks.iter().copied().find(|&k| self.log(k).contains(needle))
     }
+}
+
+/// Runs `cmd` as `kubectl exec` would, killed after `limit`: its exit code
+/// (-1 for a signal) and its stdout followed by its stderr.
+async fn exec(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    limit: Duration,
+) -> Result<(i32, String), String> {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| format!("{what} took over {limit:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
