@@ -12,17 +12,20 @@
 //! tests/e2e/rabbitmq.rs runs the same rabbitmq.conf and environment with
 //! Debian's rabbitmq-server in network-namespace pods.
 
+#[allow(dead_code)]
 #[path = "support/manifests.rs"]
 mod manifests;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    DIST, Manifests, check_env_expansion, check_hardening, check_headless_service,
-    check_no_literal_cookie, check_ports, check_rbac_wiring, check_role, check_selectors,
-    check_sidecar_common, env, field_ref, object_id, rendered_objects, unknown_fields,
+    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
+    check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
+    check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
+    field_ref, object_id, pod_mut, run_checks, sidecar_mut,
 };
 
 const KUSTOMIZATION: &str = "deploy/examples/rabbitmq";
@@ -74,31 +77,9 @@ fn rabbitmq_conf(m: &Manifests) -> Result<BTreeMap<String, String>, String> {
 /// is replaced by rename) and ERL_INETRC naming its inetrc.
 fn check_sidecar(m: &Manifests) -> Result<(), String> {
     let args = check_sidecar_common(m)?;
-    let out_dir = args
-        .kube
-        .output_dir
-        .to_str()
-        .ok_or("output dir is not UTF-8")?;
-    let vol = m
-        .sidecar()
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.mount_path == out_dir)
-        .map(|v| v.name.clone())
-        .ok_or("kube-epmd has no output dir mount")?;
+    let out = check_app_sees_output_dir(m, APP, &args)?;
     let c = m.container(APP);
-    if !c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .any(|v| v.name == vol && v.mount_path == out_dir && v.sub_path.is_none())
-    {
-        return Err(format!(
-            "rabbitmq does not see kube-epmd's directory at {out_dir}"
-        ));
-    }
-    let inetrc = format!("{out_dir}/inetrc");
+    let inetrc = format!("{}/inetrc", out.path);
     if value(c, "ERL_INETRC").as_deref() != Some(&inetrc[..]) {
         return Err(format!(
             "ERL_INETRC is {:?}, kube-epmd writes {inetrc}",
@@ -278,11 +259,9 @@ fn check_cookie(m: &Manifests) -> Result<(), String> {
     Ok(())
 }
 
-type Check = fn(&Manifests) -> Result<(), String>;
-
 fn all_checks(m: &Manifests) -> Vec<String> {
     let checks: [(&str, Check); 10] = [
-        ("role", |m| check_role(&m.role)),
+        ("role", |m| check_role(&m.role, None)),
         ("rbac wiring", check_rbac_wiring),
         ("selectors", check_selectors),
         ("headless service", check_headless_service),
@@ -293,40 +272,16 @@ fn all_checks(m: &Manifests) -> Vec<String> {
         ("cookie", check_cookie),
         ("hardening", |m| check_hardening(m, &[])),
     ];
-    checks
-        .iter()
-        .filter_map(|(name, f)| f(m).err().map(|e| format!("{name}: {e}")))
-        .collect()
+    run_checks(m, &checks)
 }
 
 // -------------------------------------------------------------------- tests
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn every_rendered_object_is_a_known_type_without_unknown_fields() {
-    let objs = rendered_objects(KUSTOMIZATION);
-    let problems: Vec<String> = objs
-        .iter()
-        .flat_map(|o| {
-            unknown_fields(o)
-                .into_iter()
-                .map(move |p| format!("{}{p}", object_id(o)))
-        })
-        .collect();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let objs = assert_typed_objects(KUSTOMIZATION, &["Namespace"]);
     let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
-    for k in [
-        "Namespace",
-        "StatefulSet",
-        "Service",
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "NetworkPolicy",
-        "PodDisruptionBudget",
-        "ConfigMap",
-    ] {
-        assert!(kinds.contains(&k), "{KUSTOMIZATION} renders no {k}");
-    }
     // Everything in one namespace, and no Secret: the cookie is created by hand.
     assert!(
         !kinds.contains(&"Secret"),
@@ -338,12 +293,14 @@ fn every_rendered_object_is_a_known_type_without_unknown_fields() {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn cross_references_hold() {
     let problems = all_checks(&load());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn sidecar_is_started_like_the_ejabberd_one() {
     // Same image, same arguments apart from what names the workload (the
     // pod selector; the StatefulSet whose replica count the ejabberd entry
@@ -406,6 +363,7 @@ fn run_cookie_script(secret_dir: &std::path::Path, home: &std::path::Path) -> St
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn cookie_script_leaves_an_owner_only_copy_and_runs_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
@@ -426,16 +384,8 @@ fn cookie_script_leaves_an_owner_only_copy_and_runs_the_server() {
     assert_eq!(run_cookie_script(&secret, &home), "600\nsecond-cookie");
 }
 
-fn pod_mut(m: &mut Manifests) -> &mut PodSpec {
-    m.statefulset.spec.template.spec.as_mut().expect("pod")
-}
-
 fn app_mut(m: &mut Manifests) -> &mut Container {
-    pod_mut(m)
-        .containers
-        .iter_mut()
-        .find(|c| c.name == APP)
-        .expect("rabbitmq")
+    container_mut(m, APP)
 }
 
 fn set_env(m: &mut Manifests, name: &str, v: Option<&str>) {
@@ -459,6 +409,7 @@ fn edit_conf(m: &mut Manifests, f: impl Fn(&str) -> String) {
 }
 
 #[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn checks_catch_what_breaks_rabbitmq_behind_kube_epmd() {
     let broken = |f: &dyn Fn(&mut Manifests), check: Check, want: &str| {
         let mut m = load();
@@ -596,14 +547,7 @@ fn checks_catch_what_breaks_rabbitmq_behind_kube_epmd() {
     );
     broken(
         &|m| {
-            let sc = pod_mut(m)
-                .init_containers
-                .as_mut()
-                .expect("init")
-                .iter_mut()
-                .find(|c| c.name == "kube-epmd")
-                .expect("sidecar");
-            for a in sc.args.iter_mut().flatten() {
+            for a in sidecar_mut(m).args.iter_mut().flatten() {
                 if a.starts_with("--selector") {
                     *a = "--selector=app.kubernetes.io/name=ejabberd".into();
                 }
@@ -614,11 +558,23 @@ fn checks_catch_what_breaks_rabbitmq_behind_kube_epmd() {
     );
     broken(
         &|m| {
+            let svc = m
+                .services
+                .get_mut("rmq-internal-svc")
+                .and_then(|s| s.spec.as_mut());
+            svc.expect("headless svc").ports.as_mut().expect("ports")[0].target_port =
+                Some(IntOrString::String("epmd".into()));
+        },
+        |m| check_ports(m, APP, &[AMQP]),
+        "a name of an init container's port",
+    );
+    broken(
+        &|m| {
             m.role.rules.as_mut().expect("rules")[0]
                 .verbs
                 .push("list".into())
         },
-        |m| check_role(&m.role),
+        |m| check_role(&m.role, None),
         "want get, list, watch",
     );
 }

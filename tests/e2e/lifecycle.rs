@@ -261,18 +261,43 @@ impl Chat {
         cmd
     }
 
-    /// The API shows the pod (with its IP, not Ready), its kube-epmd
-    /// starts, then the ejabberd container (the entrypoint).
-    async fn sandbox(&mut self, k: usize) -> Result<(), String> {
-        let tmp = &self.pods[k].tmp;
-        let _ = std::fs::remove_dir_all(tmp);
-        std::fs::create_dir_all(tmp).map_err(|e| format!("{e}"))?;
+    /// `dir` empty and owned by the ejabberd user: a pod's fresh emptyDir,
+    /// or a new, empty volume (a lost one, a new claim after a scale-up).
+    fn fresh_dir(&self, dir: &Path) -> Result<(), String> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot empty {}: {e}", dir.display())),
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         sh(&format!(
             "chown {}:{} {}",
             self.uid,
             self.gid,
-            tmp.display()
-        ))?;
+            dir.display()
+        ))
+    }
+
+    /// Pod `k` gets a new, empty volume (its spool).
+    fn empty_volume(&self, k: usize) -> Result<(), String> {
+        self.fresh_dir(&self.pods[k].spool)
+    }
+
+    /// All pods down one after another, chat-0 first, each stop followed
+    /// by a user registered on the next pod (`users[0]` on chat-1,
+    /// `users[1]` on chat-2): chat-2, down last, holds the newest copy.
+    async fn stop_in_turn(&mut self, users: [&str; 2]) -> Result<(), String> {
+        self.delete(&[0]).await?;
+        self.register(1, users[0]).await?;
+        self.delete(&[1]).await?;
+        self.register(2, users[1]).await?;
+        self.delete(&[2]).await
+    }
+
+    /// The API shows the pod (with its IP, not Ready), its kube-epmd
+    /// starts, then the ejabberd container (the entrypoint).
+    async fn sandbox(&mut self, k: usize) -> Result<(), String> {
+        self.fresh_dir(&self.pods[k].tmp)?;
         self.c.publish(k, false);
         if !self.c.sidecar_alive(k) {
             self.c.start_sidecar(k).await?;
@@ -425,20 +450,9 @@ impl Chat {
     /// `ejabberdctl ARGS` in pod `k` as `kubectl exec` runs it (bounded).
     async fn ctl(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
         let mut cmd = self.command(k, Path::new("/usr/sbin/ejabberdctl"));
-        cmd.args(args).kill_on_drop(true);
-        let limit = Duration::from_secs(70);
-        let out = tokio::time::timeout(limit, cmd.output())
-            .await
-            .map_err(|_| format!("chat-{k}: ejabberdctl {args:?} took over {limit:?}"))?
-            .map_err(|e| format!("chat-{k}: ejabberdctl: {e}"))?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        cmd.args(args);
+        let what = format!("chat-{k}: ejabberdctl {args:?}");
+        exec(cmd, &what, Duration::from_secs(70)).await
     }
 
     async fn ctl_ok(&self, k: usize, args: &[&str]) -> Result<String, String> {
@@ -543,19 +557,9 @@ impl Chat {
     /// `cluster-entrypoint.sh ARGS` in pod `k` as `kubectl exec` runs it.
     async fn script(&self, k: usize, args: &[&str]) -> Result<(i32, String), String> {
         let mut cmd = self.command(k, &self.busybox);
-        cmd.args(["sh", SCRIPT]).args(args).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
-            .await
-            .map_err(|_| format!("chat-{k}: cluster-entrypoint.sh {args:?} took over 90 s"))?
-            .map_err(|e| format!("chat-{k}: cluster-entrypoint.sh: {e}"))?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        cmd.args(["sh", SCRIPT]).args(args);
+        let what = format!("chat-{k}: cluster-entrypoint.sh {args:?}");
+        exec(cmd, &what, Duration::from_secs(90)).await
     }
 
     async fn register(&self, k: usize, user: &str) -> Result<(), String> {
@@ -600,6 +604,27 @@ impl Chat {
     fn logs_contain(&self, ks: &[usize], needle: &str) -> Option<usize> {
         ks.iter().copied().find(|&k| self.log(k).contains(needle))
     }
+}
+
+/// Runs `cmd` as `kubectl exec` would, killed after `limit`: its exit code
+/// (-1 for a signal) and its stdout followed by its stderr.
+async fn exec(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    limit: Duration,
+) -> Result<(i32, String), String> {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| format!("{what} took over {limit:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
@@ -665,13 +690,9 @@ async fn lifecycle() -> Result<(), String> {
     // (1b) Down one after another, a user registered after chat-0 went:
     // chat-2 went last and holds the newest copy; nothing may force chat-0's.
     let t = Instant::now();
-    chat.delete(&[0]).await?;
-    chat.register(1, "after_chat0_stopped").await?;
-    users.push("after_chat0_stopped".into());
-    chat.delete(&[1]).await?;
-    chat.register(2, "after_chat1_stopped").await?;
-    users.push("after_chat1_stopped".into());
-    chat.delete(&[2]).await?;
+    chat.stop_in_turn(["after_chat0_stopped", "after_chat1_stopped"])
+        .await?;
+    users.extend(["after_chat0_stopped".into(), "after_chat1_stopped".into()]);
     let t_recreate = Instant::now();
     let seen = chat.log(0).len();
     chat.create(&[0, 1, 2]).await?;
@@ -737,14 +758,7 @@ async fn lifecycle() -> Result<(), String> {
     // (4) A lost volume: chat-2 comes back empty while the others list it.
     let t = Instant::now();
     chat.delete(&[2]).await?;
-    let spool = chat.pods[2].spool.clone();
-    sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
-    sh(&format!(
-        "chown {}:{} {}",
-        chat.uid,
-        chat.gid,
-        spool.display()
-    ))?;
+    chat.empty_volume(2)?;
     let t_recreate = Instant::now();
     chat.create(&[2]).await?;
     chat.wait_ready(2, FULL_LIMIT).await?;
@@ -767,20 +781,11 @@ async fn lifecycle() -> Result<(), String> {
     // among those left loads its own copy, losing what only the gone node
     // had. Then a new chat-2 joins with an empty volume.
     let t = Instant::now();
-    chat.delete(&[0]).await?;
-    chat.register(1, "before_chat1_stopped").await?;
+    // The user on chat-2 is lost with its volume: not expected anywhere.
+    chat.stop_in_turn(["before_chat1_stopped", "only_on_the_lost_node"])
+        .await?;
     users.push("before_chat1_stopped".into());
-    chat.delete(&[1]).await?;
-    chat.register(2, "only_on_the_lost_node").await?;
-    chat.delete(&[2]).await?;
-    let spool = chat.pods[2].spool.clone();
-    sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
-    sh(&format!(
-        "chown {}:{} {}",
-        chat.uid,
-        chat.gid,
-        spool.display()
-    ))?;
+    chat.empty_volume(2)?;
     chat.create(&[0, 1]).await?;
     // chat-1 runs and waits for chat-2's tables; chat-0, the lowest node of
     // the schema, holds back until someone has the tables.
@@ -852,8 +857,7 @@ async fn lifecycle() -> Result<(), String> {
     chat.replicas = 2;
     chat.publish_statefulset();
     chat.delete(&[2]).await?;
-    let spool = chat.pods[2].spool.clone();
-    sh(&format!("rm -rf {}", spool.display()))?;
+    sh(&format!("rm -rf {}", chat.pods[2].spool.display()))?;
     let mut d = Duration::ZERO;
     let limit = Duration::from_secs(60);
     loop {
@@ -882,13 +886,7 @@ async fn lifecycle() -> Result<(), String> {
 
     // Scale 2 -> 3: a new claim, an empty node that joins.
     let t = Instant::now();
-    std::fs::create_dir_all(&spool).map_err(|e| format!("{e}"))?;
-    sh(&format!(
-        "chown {}:{} {}",
-        chat.uid,
-        chat.gid,
-        spool.display()
-    ))?;
+    chat.empty_volume(2)?;
     chat.replicas = 3;
     chat.publish_statefulset();
     chat.create(&[2]).await?;
@@ -907,14 +905,7 @@ async fn lifecycle() -> Result<(), String> {
     // neither seed nor cluster between themselves.
     chat.delete(&ALL).await?;
     for k in ALL {
-        let spool = chat.pods[k].spool.clone();
-        sh(&format!("rm -rf {0} && mkdir {0}", spool.display()))?;
-        sh(&format!(
-            "chown {}:{} {}",
-            chat.uid,
-            chat.gid,
-            spool.display()
-        ))?;
+        chat.empty_volume(k)?;
         let _ = std::fs::remove_file(&chat.pods[k].log);
     }
     let t = Instant::now();

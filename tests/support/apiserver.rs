@@ -584,25 +584,10 @@ pub fn pod(namespace: &str, name: &str, ips: &[&str], ready: bool, labels: &[(&s
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: (!labels.is_empty()).then_some(labels),
-            managed_fields: Some(vec![ManagedFieldsEntry {
-                api_version: Some("v1".into()),
-                fields_type: Some("FieldsV1".into()),
-                manager: Some("kubelet".into()),
-                operation: Some("Update".into()),
-                subresource: Some("status".into()),
-                time: Some(Time(now())),
-                ..Default::default()
-            }]),
+            managed_fields: Some(vec![managed_by("v1", "kubelet", "Update", Some("status"))]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("ejabberd:test".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
+        spec: Some(app_pod_spec()),
         status: Some(PodStatus {
             phase: Some(if ips.is_empty() { "Pending" } else { "Running" }.into()),
             pod_ip: ips.first().map(|s| s.to_string()),
@@ -617,6 +602,37 @@ pub fn pod(namespace: &str, name: &str, ips: &[&str], ready: bool, labels: &[(&s
             }]),
             ..Default::default()
         }),
+    }
+}
+
+/// The one-container pod spec of every test pod and pod template.
+fn app_pod_spec() -> PodSpec {
+    PodSpec {
+        containers: vec![Container {
+            name: "app".into(),
+            image: Some("ejabberd:test".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A managedFields entry as the API server records a write: who wrote
+/// (`manager`), how (`operation`, Update or Apply) and to which part.
+fn managed_by(
+    api_version: &str,
+    manager: &str,
+    operation: &str,
+    subresource: Option<&str>,
+) -> ManagedFieldsEntry {
+    ManagedFieldsEntry {
+        api_version: Some(api_version.into()),
+        fields_type: Some("FieldsV1".into()),
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        subresource: subresource.map(Into::into),
+        time: Some(Time(now())),
+        ..Default::default()
     }
 }
 
@@ -637,14 +653,7 @@ pub fn statefulset(
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             generation: Some(1),
-            managed_fields: Some(vec![ManagedFieldsEntry {
-                api_version: Some("apps/v1".into()),
-                fields_type: Some("FieldsV1".into()),
-                manager: Some("kubectl".into()),
-                operation: Some("Apply".into()),
-                time: Some(Time(now())),
-                ..Default::default()
-            }]),
+            managed_fields: Some(vec![managed_by("apps/v1", "kubectl", "Apply", None)]),
             ..Default::default()
         },
         spec: StatefulSetSpec {
@@ -659,14 +668,7 @@ pub fn statefulset(
                     labels: Some(labels),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("ejabberd:test".into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
+                spec: Some(app_pod_spec()),
             },
             ..Default::default()
         },

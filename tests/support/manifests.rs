@@ -5,9 +5,10 @@
 //! deployment shares (RBAC, selectors, headless service, the sidecar's
 //! command line through kube-epmd's own parser, ports, hardening).
 //!
-//! Copied from tests/deploy.rs for the RabbitMQ example
-//! (tests/deploy_rabbitmq.rs) and made independent of the application
-//! container; tests/deploy.rs still has its own copy to fold into this one.
+//! Used by the ejabberd deployment's tests (tests/deploy.rs) and the
+//! RabbitMQ example's (tests/deploy_rabbitmq.rs): what is particular to one
+//! application (container name, client ports, capabilities, the Role's
+//! StatefulSet rule) is a parameter.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,10 +24,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube_epmd::cli::{Args, PortRange, normalize_epmd_flags};
+use kube_epmd::cli::{Args, DEFAULT_KUBE_ADMIN_PORT, PortRange, normalize_epmd_flags};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+// Nested #[path] resolves next to this file: tests/support/prereq.rs.
+#[path = "prereq.rs"]
+pub mod prereq;
 
 /// The distribution window of the whole design.
 pub const DIST: PortRange = PortRange {
@@ -44,13 +49,12 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 /// `kubectl kustomize DIR`, as `kubectl apply -k DIR` would build it.
 pub fn render(dir: &str) -> String {
+    prereq::kubectl();
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(repo_path(dir))
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run kubectl (install kubernetes-client; .ci/run does): {e}")
-        });
+        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
     if !out.status.success() {
         // The kustomizations use kustomize v5 syntax (kubectl 1.27+);
         // Debian bookworm's kubernetes-client (1.20) embeds kustomize v2.
@@ -142,6 +146,39 @@ pub fn object_id(obj: &Value) -> String {
         obj["kind"].as_str().unwrap_or("?"),
         obj["metadata"]["name"].as_str().unwrap_or("?")
     )
+}
+
+/// The objects `dir` renders, after asserting that each is a known type
+/// without unknown fields and that all the kinds a kube-epmd deployment is
+/// made of are there (and `extra_kinds`).
+pub fn assert_typed_objects(dir: &str, extra_kinds: &[&str]) -> Vec<Value> {
+    let objs = rendered_objects(dir);
+    let problems: Vec<String> = objs
+        .iter()
+        .flat_map(|o| {
+            unknown_fields(o)
+                .into_iter()
+                .map(move |p| format!("{}{p}", object_id(o)))
+        })
+        .collect();
+    assert!(problems.is_empty(), "{dir}:\n{}", problems.join("\n"));
+    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for k in [
+        "StatefulSet",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "ConfigMap",
+    ]
+    .iter()
+    .chain(extra_kinds)
+    {
+        assert!(kinds.contains(k), "{dir} renders no {k}");
+    }
+    objs
 }
 
 /// The rendered objects of one kustomization, by type.
@@ -315,31 +352,64 @@ pub fn subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) 
     !small.is_empty() && small.iter().all(|(k, v)| big.get(k) == Some(v))
 }
 
-/// The Role lets kube-epmd read pods and nothing else.
-pub fn check_role(role: &Role) -> Result<(), String> {
+/// The Role lets kube-epmd read pods and, when it is given `--statefulset`
+/// (`statefulset`), that one StatefulSet by name only (its replica count),
+/// and nothing else.
+pub fn check_role(role: &Role, statefulset: Option<&str>) -> Result<(), String> {
     let rules = role.rules.as_deref().unwrap_or_default();
-    let [rule] = rules else {
-        return Err(format!(
-            "Role must have exactly one rule, has {}",
-            rules.len()
-        ));
+    let (pods, sts) = match (rules, statefulset) {
+        ([pods], None) => (pods, None),
+        ([pods, sts], Some(name)) => (pods, Some((sts, name))),
+        (_, None) => {
+            return Err(format!(
+                "Role must have exactly one rule (pods), has {}",
+                rules.len()
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "Role must have exactly two rules (pods, the StatefulSet), has {}",
+                rules.len()
+            ));
+        }
     };
-    let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
     let want: BTreeSet<&str> = ["get", "list", "watch"].into();
-    if rule.verbs.len() != 3 || verbs != want {
-        return Err(format!(
-            "Role verbs are {:?}, want get, list, watch",
-            rule.verbs
-        ));
+    for rule in rules {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        if rule.verbs.len() != 3 || verbs != want {
+            return Err(format!(
+                "Role verbs are {:?}, want get, list, watch",
+                rule.verbs
+            ));
+        }
+        if rule.non_resource_urls.is_some() {
+            return Err("Role rule must not name URLs".into());
+        }
     }
-    if rule.api_groups.as_deref() != Some(&["".to_string()][..]) {
-        return Err(format!("Role apiGroups {:?}, want [\"\"]", rule.api_groups));
+    if pods.api_groups.as_deref() != Some(&["".to_string()][..]) {
+        return Err(format!("Role apiGroups {:?}, want [\"\"]", pods.api_groups));
     }
-    if rule.resources.as_deref() != Some(&["pods".to_string()][..]) {
-        return Err(format!("Role resources {:?}, want [pods]", rule.resources));
+    if pods.resources.as_deref() != Some(&["pods".to_string()][..]) {
+        return Err(format!("Role resources {:?}, want [pods]", pods.resources));
     }
-    if rule.resource_names.is_some() || rule.non_resource_urls.is_some() {
-        return Err("Role rule must not name resources or URLs".into());
+    if pods.resource_names.is_some() {
+        return Err("the pods rule must not name resources (pods come and go)".into());
+    }
+    if let Some((sts, name)) = sts {
+        if sts.api_groups.as_deref() != Some(&["apps".to_string()][..])
+            || sts.resources.as_deref() != Some(&["statefulsets".to_string()][..])
+        {
+            return Err(format!(
+                "second Role rule is {:?} {:?}, want apps statefulsets",
+                sts.api_groups, sts.resources
+            ));
+        }
+        if sts.resource_names.as_deref() != Some(&[name.to_string()][..]) {
+            return Err(format!(
+                "the statefulsets rule names {:?}, want exactly [{name}]",
+                sts.resource_names
+            ));
+        }
     }
     Ok(())
 }
@@ -553,6 +623,14 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
 /// pods only.
 pub fn check_ports(m: &Manifests, app: &str, client_ports: &[i32]) -> Result<(), String> {
     let (named, numbers) = container_ports(m);
+    let in_init: BTreeSet<String> = m
+        .pod()
+        .init_containers
+        .iter()
+        .flatten()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| p.name.clone())
+        .collect();
     let mut erlang = BTreeSet::new();
     let mut client = BTreeSet::new();
     for (name, svc) in &m.services {
@@ -568,10 +646,21 @@ pub fn check_ports(m: &Manifests, app: &str, client_ports: &[i32]) -> Result<(),
                     p.port
                 ));
             }
-            let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
-            let n = port_number(&target, &named).ok_or(format!(
-                "Service {name} targets port {target:?}, which no container names"
-            ))?;
+            // A named targetPort is resolved against the pod's containers,
+            // and Kubernetes before 1.32 does not look at init containers,
+            // where the native sidecar's ports live.
+            let n = match p.target_port.clone().unwrap_or(IntOrString::Int(p.port)) {
+                IntOrString::Int(n) => n,
+                IntOrString::String(s) if in_init.contains(&s) => {
+                    return Err(format!(
+                        "Service {name}: targetPort {s:?} is a name of an init container's \
+                         port; use the number (such names resolve only from Kubernetes 1.32)"
+                    ));
+                }
+                IntOrString::String(s) => *named.get(&s).ok_or(format!(
+                    "Service {name} targets port {s:?}, which no container names"
+                ))?,
+            };
             if !numbers.contains(&n) {
                 return Err(format!(
                     "Service {name} targets {n}, which no container declares"
@@ -731,10 +820,7 @@ pub fn check_sidecar_common(m: &Manifests) -> Result<Args, String> {
     if args.kube.pod_name.is_none() || args.kube.namespace.is_none() {
         return Err("kube-epmd did not get its pod name and namespace".into());
     }
-    let admin = args
-        .kube
-        .admin_addr
-        .ok_or("set --admin-addr so the probes can be checked")?;
+    let admin = admin_port(&args)?;
     let (named, _) = container_ports(m);
     let probe = c
         .startup_probe
@@ -742,38 +828,104 @@ pub fn check_sidecar_common(m: &Manifests) -> Result<Args, String> {
         .and_then(|p| p.http_get.as_ref())
         .ok_or("kube-epmd needs an HTTP startup probe")?;
     if probe.path.as_deref() != Some("/readyz")
-        || port_number(&probe.port, &named) != Some(i32::from(admin.port()))
+        || port_number(&probe.port, &named) != Some(i32::from(admin))
     {
         return Err(format!(
-            "startup probe {probe:?} is not /readyz on the admin port {}",
-            admin.port()
+            "startup probe {probe:?} is not /readyz on the admin port {admin}"
         ));
     }
-    let out_dir = args
-        .kube
-        .output_dir
-        .to_str()
-        .ok_or("output dir is not UTF-8")?;
-    let vol = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.mount_path == out_dir)
-        .ok_or(format!(
-            "nothing is mounted at kube-epmd's output dir {out_dir}"
-        ))?;
+    let out = output_dir(m, &args)?;
     let is_empty_dir = m
         .pod()
         .volumes
         .iter()
         .flatten()
-        .any(|v| v.name == vol.name && v.empty_dir.is_some());
-    if !is_empty_dir || vol.read_only == Some(true) {
+        .any(|v| v.name == out.volume && v.empty_dir.is_some());
+    if !is_empty_dir || out.read_only {
         return Err(format!(
-            "{out_dir} must be a writable emptyDir in kube-epmd"
+            "{} must be a writable emptyDir in kube-epmd",
+            out.path
         ));
     }
     Ok(args)
+}
+
+/// The port the admin endpoint (and so the probes) listens on: `--admin-addr`
+/// when given, else kube-epmd's own Kubernetes-mode default (`[::]:9090`,
+/// both families). An address the kubelet cannot reach on every cluster is
+/// refused: the probes go to the pod IP, IPv4 or IPv6.
+pub fn admin_port(args: &Args) -> Result<u16, String> {
+    let Some(addr) = args.kube.admin_addr else {
+        return Ok(DEFAULT_KUBE_ADMIN_PORT);
+    };
+    if addr.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+        return Err(format!(
+            "--admin-addr={addr} listens on IPv4 only: the probes fail on an IPv6-only \
+             cluster; drop it (the default [::]:{DEFAULT_KUBE_ADMIN_PORT} takes both families)"
+        ));
+    }
+    if !addr.ip().is_unspecified() {
+        return Err(format!(
+            "--admin-addr={addr} listens on one address: the probes go to the pod IP, \
+             which no manifest knows; use [::]:{}",
+            addr.port()
+        ));
+    }
+    Ok(addr.port())
+}
+
+/// kube-epmd's output directory and the sidecar's mount of it.
+pub struct OutputDir {
+    pub path: String,
+    pub volume: String,
+    pub read_only: bool,
+}
+
+pub fn output_dir(m: &Manifests, args: &Args) -> Result<OutputDir, String> {
+    let path = args
+        .kube
+        .output_dir
+        .to_str()
+        .ok_or("output dir is not UTF-8")?;
+    let mount = m
+        .sidecar()
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.mount_path == path)
+        .ok_or(format!(
+            "nothing is mounted at kube-epmd's output dir {path}"
+        ))?;
+    Ok(OutputDir {
+        path: path.to_string(),
+        volume: mount.name.clone(),
+        read_only: mount.read_only == Some(true),
+    })
+}
+
+/// The application container `app` sees kube-epmd's directory at the same
+/// path (the inetrc names the hosts file by absolute path) and as a whole
+/// (no subPath: the hosts file is replaced by rename, which a subPath mount
+/// would not show).
+pub fn check_app_sees_output_dir(
+    m: &Manifests,
+    app: &str,
+    args: &Args,
+) -> Result<OutputDir, String> {
+    let out = output_dir(m, args)?;
+    if !m
+        .container(app)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|v| v.name == out.volume && v.mount_path == out.path && v.sub_path.is_none())
+    {
+        return Err(format!(
+            "{app} does not see kube-epmd's directory at {}",
+            out.path
+        ));
+    }
+    Ok(out)
 }
 
 /// Kubernetes expands `$(VAR)` in an env value only from variables defined
@@ -896,4 +1048,37 @@ pub fn check_hardening(m: &Manifests, allowed_caps: &[(&str, &str)]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// One check of a deployment, named in the report of `run_checks`.
+pub type Check = fn(&Manifests) -> Result<(), String>;
+
+/// Every failing check, as `name: message`.
+pub fn run_checks(m: &Manifests, checks: &[(&str, Check)]) -> Vec<String> {
+    checks
+        .iter()
+        .filter_map(|(name, f)| f(m).err().map(|e| format!("{name}: {e}")))
+        .collect()
+}
+
+// ------------------------------------------------- mutations for the tests
+
+pub fn pod_mut(m: &mut Manifests) -> &mut PodSpec {
+    m.statefulset.spec.template.spec.as_mut().expect("pod")
+}
+
+pub fn sidecar_mut(m: &mut Manifests) -> &mut Container {
+    pod_mut(m)
+        .init_containers
+        .as_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c.name == SIDECAR))
+        .expect("sidecar")
+}
+
+pub fn container_mut<'a>(m: &'a mut Manifests, name: &str) -> &'a mut Container {
+    pod_mut(m)
+        .containers
+        .iter_mut()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
 }
