@@ -1,8 +1,9 @@
 //! Does Kubernetes work delay EPMD answers? The real binary in Kubernetes
 //! mode watches 10 000 pods on the in-tree test API server; a client
-//! thread asks PORT_PLEASE2 for a registered node, one connection per
-//! request as `erl` does, and records each answer's latency
-//! (connect → reply and close), one every 2 ms. Two phases:
+//! process of its own (see [`client_process`]) asks PORT_PLEASE2 for a
+//! registered node, one connection per request as `erl` does, and records
+//! each answer's latency (connect → reply and close), one every 2 ms. Two
+//! phases:
 //! - `idle`: the watch is quiet;
 //! - `relist`: the API server expires the watch (410 Gone) again and
 //!   again, so the daemon re-lists and decodes every pod each time (and a
@@ -65,28 +66,92 @@ fn port_please(addr: SocketAddr) -> Duration {
 /// still catches every request sent during it.
 const PACE: Duration = Duration::from_millis(2);
 
-/// Ask every [`PACE`] until `stop`, returning every latency and when the
-/// request was sent.
-fn client(
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(Instant, Duration)>> {
+/// Set in the environment of the bench's own executable run as the
+/// measuring client: the daemon's address.
+const CLIENT_ENV: &str = "RELIST_STALL_CLIENT";
+
+/// The client side, in a process of its own: ask every [`PACE`] until
+/// stdin closes, then print one line per request, `SENT_NS TOOK_NS`
+/// (nanoseconds after the client started).
+///
+/// Why a process: in the bench's process the client thread shares glibc's
+/// malloc arenas with the test API server. When `expire_watches` drops the
+/// retained LIST snapshots (10 000 pods), the freeing thread holds an arena
+/// lock for ~10-13 ms, and the client's next allocation waited for it
+/// (`__lll_lock_wait_private` in the client's stack) before it even sent its
+/// request, while the daemon sat idle in epoll_wait: a stall of the
+/// harness, counted as the daemon's.
+fn client_process(addr: SocketAddr) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_reader = stop.clone();
     std::thread::spawn(move || {
-        let mut lat = Vec::with_capacity(20_000);
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            lat.push((Instant::now(), port_please(addr)));
-            next += PACE;
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            } else {
-                // Late (the daemon stalled): do not burst to catch up.
-                next = now;
-            }
+        // The bench closes our stdin to end the phase.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        stop_reader.store(true, Ordering::Relaxed);
+    });
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(20_000);
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        lat.push((sent - t0, port_please(addr)));
+        next += PACE;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            // Late (the daemon stalled): do not burst to catch up.
+            next = now;
         }
-        lat
-    })
+    }
+    let mut out = String::with_capacity(lat.len() * 24);
+    for (sent, took) in lat {
+        out.push_str(&format!("{} {}\n", sent.as_nanos(), took.as_nanos()));
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .expect("write latencies");
+}
+
+/// A running measuring client: [`client_process`] in a child process
+/// (same scheduling policy as the bench, which a child inherits).
+struct Client {
+    child: std::process::Child,
+    started: Instant,
+}
+
+impl Client {
+    fn start(addr: SocketAddr) -> Client {
+        let exe = std::env::current_exe().expect("the bench's own path");
+        let child = std::process::Command::new(exe)
+            .env(CLIENT_ENV, addr.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the measuring client");
+        Client {
+            child,
+            started: Instant::now(),
+        }
+    }
+
+    /// End the phase: every latency and when its request was sent.
+    fn stop(mut self) -> Vec<(Instant, Duration)> {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().expect("measuring client");
+        assert!(out.status.success(), "measuring client: {}", out.status);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut f = l.split(' ').map(|n| n.parse::<u64>().expect("client line"));
+                let (sent, took) = (f.next().unwrap(), f.next().unwrap());
+                (
+                    self.started + Duration::from_nanos(sent),
+                    Duration::from_nanos(took),
+                )
+            })
+            .collect()
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -132,6 +197,11 @@ fn report(phase: &str, t0: Instant, samples: Vec<(Instant, Duration)>) {
 }
 
 fn main() {
+    if let Some(addr) = std::env::var_os(CLIENT_ENV) {
+        let addr = addr.to_str().and_then(|a| a.parse().ok());
+        client_process(addr.expect("RELIST_STALL_CLIENT is an address"));
+        return;
+    }
     let nums: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -174,15 +244,12 @@ fn main() {
         "{:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
         "phase", "requests", "p50", "p99", "p99.9", "max", ">5ms"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let c = client(addr, stop.clone());
+    let c = Client::start(addr);
+    let t0 = c.started;
     std::thread::sleep(Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    report("idle", t0, c.join().unwrap());
+    report("idle", t0, c.stop());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let c = client(addr, stop.clone());
+    let c = Client::start(addr);
     let lists = api.list_count();
     let started = Instant::now();
     let mut relist_at = Vec::new();
@@ -198,8 +265,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    report("relist", started, c.join().unwrap());
+    report("relist", started, c.stop());
     if std::env::var_os("RELIST_STALL_VERBOSE").is_some() {
         println!("  410s sent at (s): {}", relist_at.join(" "));
     }
