@@ -9,6 +9,7 @@ pub mod relist;
 pub mod replicas;
 pub mod status;
 pub mod watch_error;
+pub mod watch_loop;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,34 +2,29 @@
 //! applied to the peer table, every failure logged, counted and reported,
 //! and the table kept as it is until the API answers again.
 //!
-//! After any error the watch is started afresh (after kube-rs's default
-//! backoff) and so re-lists. kube-rs would otherwise resume some failures
-//! silently, and a resumed watch that sees no change produces no event:
-//! the daemon could not tell "recovered" from "still failing". A complete
-//! list is that proof, and costs one LIST of the selected pods per failure.
-//! A 410 Expired is one such error, and its re-list replaces the table
-//! whole, so nothing deleted meanwhile stays behind.
+//! After any error the watch is started afresh and re-lists (see
+//! [`super::watch_loop`] for why). A 410 Expired is one such error, and its
+//! re-list replaces the table whole, so nothing deleted meanwhile stays
+//! behind.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::utils::Backoff as _;
-use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::relist::{Applied, RelistBuffer};
 use super::status::SyncStatus;
 use super::watch_error::WatchStop;
+use super::watch_loop::{self, WatchHandler};
 use crate::metrics::DiscoveryMetrics;
 use crate::peers::PeerTable;
 
-/// Longest pause between attempts, should the backoff ever end.
-const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
-
+/// Watch the selected pods for ever, keeping the table, the API health
+/// and the metrics in step.
 pub async fn run(
     api: Api<Pod>,
     config: watcher::Config,
@@ -37,33 +32,77 @@ pub async fn run(
     status: Arc<SyncStatus>,
     metrics: Arc<DiscoveryMetrics>,
 ) {
-    let mut backoff = DefaultBackoff::default();
-    let mut relist = RelistBuffer::default();
-    let mut attempts: u64 = 0;
-    loop {
-        if attempts > 0 {
-            metrics.watch_restarts.inc();
-        }
-        attempts += 1;
-        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
-        let error = loop {
-            match stream.next().await {
-                Some(Ok(event)) => {
-                    on_event(&event, &mut relist, &table, &status, &metrics);
-                    if matches!(event, Event::InitDone) {
-                        backoff.reset();
-                    }
+    let handler = PodWatch {
+        relist: RelistBuffer::default(),
+        table,
+        status,
+        metrics,
+    };
+    watch_loop::run(api, config, handler).await
+}
+
+/// What the pod watch keeps current: the table (through the re-list
+/// buffer), the API health and the metrics.
+struct PodWatch {
+    relist: RelistBuffer,
+    table: watch::Sender<PeerTable>,
+    status: Arc<SyncStatus>,
+    metrics: Arc<DiscoveryMetrics>,
+}
+
+impl WatchHandler<Pod> for PodWatch {
+    fn event(&mut self, event: Event<Pod>) {
+        let Self {
+            relist,
+            table,
+            status,
+            metrics,
+        } = self;
+        let mut applied = Applied::Unchanged;
+        table.send_if_modified(|t| {
+            applied = relist.apply(t, &event);
+            matches!(
+                applied,
+                Applied::Changed | Applied::Relisted { changed: true }
+            )
+        });
+        match &event {
+            Event::Init | Event::InitApply(_) => return,
+            Event::InitDone => {
+                let was_failing = status.is_failing();
+                let peers = table.borrow().len();
+                if was_failing {
+                    info!(peers, "pod list complete; Kubernetes API reachable again");
+                } else {
+                    info!(peers, "pod list complete");
                 }
-                Some(Err(e)) => break WatchStop::Failed(e),
-                None => break WatchStop::Ended,
             }
-        };
+            Event::Apply(pod) | Event::Delete(pod) => {
+                if applied == Applied::Changed {
+                    debug!(
+                        pod = pod.metadata.name.as_deref().unwrap_or(""),
+                        deleted = matches!(event, Event::Delete(_)),
+                        "peer table changed"
+                    );
+                }
+            }
+        }
+        status.api_ok();
+        metrics.watch_healthy.set(1);
+        metrics.peers.set(table.borrow().len() as i64);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics.last_sync_seconds.set(now);
+    }
+
+    fn stopped(&mut self, error: &WatchStop) {
         let reason = error.reason();
-        metrics.watch_error(reason);
-        metrics.watch_healthy.set(0);
-        let peers = table.borrow().len();
+        self.metrics.watch_error(reason);
+        self.metrics.watch_healthy.set(0);
+        let peers = self.table.borrow().len();
         let message = format!("{reason}: {error}");
-        if status.api_error(message) {
+        if self.status.api_error(message) {
             warn!(
                 %error, reason, peers,
                 "Kubernetes API failing; keeping the last good peer table"
@@ -71,52 +110,9 @@ pub async fn run(
         } else {
             debug!(%error, reason, "Kubernetes API still failing");
         }
-        let pause = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
-        tokio::time::sleep(pause).await;
     }
-}
 
-fn on_event(
-    event: &Event<Pod>,
-    relist: &mut RelistBuffer,
-    table: &watch::Sender<PeerTable>,
-    status: &SyncStatus,
-    metrics: &DiscoveryMetrics,
-) {
-    let mut applied = Applied::Unchanged;
-    table.send_if_modified(|t| {
-        applied = relist.apply(t, event);
-        matches!(
-            applied,
-            Applied::Changed | Applied::Relisted { changed: true }
-        )
-    });
-    match event {
-        Event::Init | Event::InitApply(_) => return,
-        Event::InitDone => {
-            let was_failing = status.is_failing();
-            let peers = table.borrow().len();
-            if was_failing {
-                info!(peers, "pod list complete; Kubernetes API reachable again");
-            } else {
-                info!(peers, "pod list complete");
-            }
-        }
-        Event::Apply(pod) | Event::Delete(pod) => {
-            if applied == Applied::Changed {
-                debug!(
-                    pod = pod.metadata.name.as_deref().unwrap_or(""),
-                    deleted = matches!(event, Event::Delete(_)),
-                    "peer table changed"
-                );
-            }
-        }
+    fn restarting(&mut self) {
+        self.metrics.watch_restarts.inc();
     }
-    status.api_ok();
-    metrics.watch_healthy.set(1);
-    metrics.peers.set(table.borrow().len() as i64);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics.last_sync_seconds.set(now);
 }

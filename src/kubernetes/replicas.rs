@@ -19,20 +19,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::Api;
-use kube::runtime::utils::Backoff as _;
-use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::watch_error::WatchStop;
+use super::watch_loop::{self, WatchHandler};
 use crate::files::disk::ReplicasFile;
 use crate::metrics::DiscoveryMetrics;
 
-/// Longest pause between attempts, should the backoff ever end.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Pause before retrying a failed file write.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 
@@ -87,68 +84,80 @@ impl ReplicaTracker {
 }
 
 /// Watch the StatefulSet and keep the file, `known` and the gauge in step.
-/// After any error the watch starts afresh (after kube-rs's backoff) and
-/// re-lists, as the pod watch does; the file keeps its value meanwhile.
+/// After any error the watch starts afresh and re-lists, as the pod watch
+/// does ([`super::watch_loop`]); the file keeps its value meanwhile.
 pub async fn run(
     api: Api<StatefulSet>,
     name: String,
-    mut file: ReplicasFile,
+    file: ReplicasFile,
     known: watch::Sender<Option<u32>>,
     metrics: Arc<DiscoveryMetrics>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut tracker = ReplicaTracker::new(&name);
-    let mut backoff = DefaultBackoff::default();
-    // A value the file could not take yet.
-    let mut pending: Option<Option<u32>> = None;
-    loop {
-        let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
-        let error = loop {
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = tokio::time::sleep(WRITE_RETRY), if pending.is_some() => {
-                    if let Some(value) = pending.take() {
-                        pending = write(&mut file, value, &metrics);
-                    }
-                    continue;
-                }
-            };
-            match next {
-                Some(Ok(event)) => {
-                    if matches!(event, Event::InitDone) {
-                        backoff.reset();
-                    }
-                    let Some(value) = tracker.apply(&event) else {
-                        continue;
-                    };
-                    if *known.borrow() != value {
-                        match value {
-                            Some(n) => {
-                                info!(statefulset = %name, replicas = n, "desired replica count")
-                            }
-                            None => {
-                                info!(statefulset = %name, "StatefulSet not found; replica count unknown")
-                            }
-                        }
-                    }
-                    known.send_if_modified(|k| std::mem::replace(k, value) != value);
-                    metrics
-                        .statefulset_replicas
-                        .set(value.map_or(-1, i64::from));
-                    pending = write(&mut file, value, &metrics);
-                }
-                Some(Err(e)) => break WatchStop::Failed(e),
-                None => break WatchStop::Ended,
-            }
+    let handler = ReplicasWatch {
+        tracker: ReplicaTracker::new(&name),
+        name,
+        file,
+        known,
+        metrics,
+        pending: None,
+    };
+    watch_loop::run(api, config, handler).await
+}
+
+/// What the StatefulSet watch keeps current: the file, `known` and the
+/// gauge.
+struct ReplicasWatch {
+    name: String,
+    tracker: ReplicaTracker,
+    file: ReplicasFile,
+    known: watch::Sender<Option<u32>>,
+    metrics: Arc<DiscoveryMetrics>,
+    /// A value the file could not take yet.
+    pending: Option<Option<u32>>,
+}
+
+impl WatchHandler<StatefulSet> for ReplicasWatch {
+    fn event(&mut self, event: Event<StatefulSet>) {
+        let Some(value) = self.tracker.apply(&event) else {
+            return;
         };
+        let name = &self.name;
+        if *self.known.borrow() != value {
+            match value {
+                Some(n) => {
+                    info!(statefulset = %name, replicas = n, "desired replica count")
+                }
+                None => {
+                    info!(statefulset = %name, "StatefulSet not found; replica count unknown")
+                }
+            }
+        }
+        self.known
+            .send_if_modified(|k| std::mem::replace(k, value) != value);
+        self.metrics
+            .statefulset_replicas
+            .set(value.map_or(-1, i64::from));
+        self.pending = write(&mut self.file, value, &self.metrics);
+    }
+
+    fn stopped(&mut self, error: &WatchStop) {
         let reason = error.reason();
-        metrics.statefulset_watch_error(reason);
+        self.metrics.statefulset_watch_error(reason);
         warn!(
-            statefulset = %name, %error, reason,
+            statefulset = %self.name, %error, reason,
             "StatefulSet watch failing; keeping the last replica count"
         );
-        let pause = backoff.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF);
-        tokio::time::sleep(pause).await;
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.pending.is_some().then_some(WRITE_RETRY)
+    }
+
+    fn retry(&mut self) {
+        if let Some(value) = self.pending.take() {
+            self.pending = write(&mut self.file, value, &self.metrics);
+        }
     }
 }
 

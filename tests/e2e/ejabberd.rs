@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, pod_name, set_mode};
 use crate::erlang::COOKIE;
+use crate::exec::{exec, output};
 use crate::{report, run};
 
 const XMPP_HOST: &str = "xmpp.e2e.test";
@@ -121,19 +122,9 @@ async fn ctl(
         .env("SPOOL_DIR", &e.spool)
         .env("LOGS_DIR", &e.logs)
         .current_dir("/")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let limit = Duration::from_secs(90);
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .map_err(|_| format!("pod {k}: ejabberdctl {args:?} took over {limit:?}"))?
-        .map_err(|err| format!("pod {k}: cannot run ejabberdctl: {err}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code().unwrap_or(-1), text))
+        .stdin(Stdio::null());
+    let what = format!("pod {k}: ejabberdctl {args:?}");
+    exec(cmd, &what, Duration::from_secs(90)).await
 }
 
 /// ejabberdctl must exit 0; returns its output.
@@ -233,14 +224,9 @@ async fn scenario() -> Result<(), String> {
             "pod 2: ejabberd still registered after stopped: {names}"
         ));
     }
-    let kill = c.pods[2]
-        .ns
-        .command("epmd")
-        .arg("-kill")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("epmd -kill: {e}"))?;
+    let mut kill = c.pods[2].ns.command("epmd");
+    kill.arg("-kill").stdin(Stdio::null());
+    let kill = output(kill, "pod 2: epmd -kill", Duration::from_secs(30)).await?;
     let kill_out = String::from_utf8_lossy(&kill.stdout).trim().to_string();
     report!(
         "s2: pod 2 stop + stopped in {:?}; `stopped` exit {stopped_code}; `epmd -kill` by \

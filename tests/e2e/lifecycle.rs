@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 
 use crate::cluster::{Cluster, K8S_NS, SUBDOMAIN, pod_name, set_mode};
+use crate::exec::{exec, output};
 use crate::support::apiserver::statefulset;
 use crate::{report, run};
 
@@ -498,12 +499,9 @@ impl Chat {
             ))
             .env("ERL_INETRC", self.c.pods[k].inetrc())
             .current_dir(self.c.dir.path())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-            .await
-            .map_err(|_| format!("chat-{k}: erl probe took over 30 s"))?
-            .map_err(|e| format!("erl: {e}"))?;
+            .stdin(Stdio::null());
+        let what = format!("chat-{k}: erl probe");
+        let out = output(cmd, &what, Duration::from_secs(30)).await?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !text.trim_start().starts_with('[') {
             return Err(format!("chat-{k}: db_nodes probe said: {text}"));
@@ -604,27 +602,6 @@ impl Chat {
     fn logs_contain(&self, ks: &[usize], needle: &str) -> Option<usize> {
         ks.iter().copied().find(|&k| self.log(k).contains(needle))
     }
-}
-
-/// Runs `cmd` as `kubectl exec` would, killed after `limit`: its exit code
-/// (-1 for a signal) and its stdout followed by its stderr.
-async fn exec(
-    mut cmd: tokio::process::Command,
-    what: &str,
-    limit: Duration,
-) -> Result<(i32, String), String> {
-    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
-        .await
-        .map_err(|_| format!("{what} took over {limit:?}"))?
-        .map_err(|e| format!("{what}: {e}"))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
 }
 
 fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {

@@ -17,6 +17,7 @@ mod support;
 mod cluster;
 mod ejabberd;
 mod erlang;
+mod exec;
 mod lifecycle;
 mod mesh;
 mod netns;

@@ -33,6 +33,7 @@ use tokio::process::{Child, Command};
 
 use crate::cluster::{Cluster, SUBDOMAIN, pod_name};
 use crate::erlang::COOKIE;
+use crate::exec;
 use crate::{report, run};
 
 /// Where Debian installs the real scripts (/usr/sbin's wrappers `su` to
@@ -266,10 +267,8 @@ async fn ctl(c: &Cluster, b: &Broker, args: &[&str]) -> Result<(i32, String, Str
     let k = b.k;
     let mut cmd = rabbit_command(c, b, "rabbitmqctl");
     cmd.args(args);
-    let out = tokio::time::timeout(CTL_LIMIT, cmd.output())
-        .await
-        .map_err(|_| format!("pod {k}: rabbitmqctl {args:?} took over {CTL_LIMIT:?}"))?
-        .map_err(|e| format!("pod {k}: cannot run rabbitmqctl: {e}"))?;
+    let what = format!("pod {k}: rabbitmqctl {args:?}");
+    let out = exec::output(cmd, &what, CTL_LIMIT).await?;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
