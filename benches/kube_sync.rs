@@ -18,29 +18,21 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use support::apiserver::{TestApiServer, pod};
+use support::apiserver::{self, TestApiServer, indexed_ip as ip_of};
 use support::daemon::Daemon;
 
 const SVC: &str = "xmpp-internal-svc";
 
 fn sts_pod(i: usize, ip: &str) -> Pod {
     let name = format!("chat-{i}");
-    let mut p = pod(
+    apiserver::sts_pod(
         "chat",
         &name,
+        SVC,
         &[ip],
         i.is_multiple_of(2),
         &[("app", "xmpp")],
-    );
-    let spec = p.spec.as_mut().unwrap();
-    spec.hostname = Some(name);
-    spec.subdomain = Some(SVC.into());
-    p
-}
-
-/// Initial addresses: 10.0.x.y by pod index.
-fn ip_of(i: usize) -> String {
-    format!("10.0.{}.{}", i / 250, i % 250 + 1)
+    )
 }
 
 /// The address of the n-th change: unique across the run, so every change

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use support::apiserver::{TestApiServer, pod};
+use support::apiserver::{self, TestApiServer, indexed_ip as ip_of};
 use support::daemon::Daemon;
 
 const SVC: &str = "xmpp-internal-svc";
@@ -31,15 +31,7 @@ const NODE: &[u8] = b"ejabberd";
 
 fn sts_pod(i: usize, ip: &str) -> Pod {
     let name = format!("chat-{i}");
-    let mut p = pod("chat", &name, &[ip], true, &[("app", "xmpp")]);
-    let spec = p.spec.as_mut().unwrap();
-    spec.hostname = Some(name);
-    spec.subdomain = Some(SVC.into());
-    p
-}
-
-fn ip_of(i: usize) -> String {
-    format!("10.0.{}.{}", i / 250, i % 250 + 1)
+    apiserver::sts_pod("chat", &name, SVC, &[ip], true, &[("app", "xmpp")])
 }
 
 /// One PORT_PLEASE2 on a fresh connection; the reply must say "found".

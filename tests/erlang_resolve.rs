@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::apiserver::{TestApiServer, pod};
+use support::apiserver::{TestApiServer, sts_pod};
 use support::daemon::Daemon;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -47,16 +47,14 @@ async fn erl_resolves_peer_names_from_the_generated_inetrc_and_follows_changes()
     let api = TestApiServer::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mut chat1 = pod(
+    let mut chat1 = sts_pod(
         "chat",
         "chat-1",
+        SVC,
         &["10.244.1.11", "fd00:10:244::11"],
         false,
         &[("app", "xmpp")],
     );
-    let spec = chat1.spec.as_mut().unwrap();
-    spec.hostname = Some("chat-1".into());
-    spec.subdomain = Some(SVC.into());
     api.upsert_pod(chat1.clone());
     let mut d = Daemon::start(&api, "chat", &["--selector", "app=xmpp"]);
     d.wait_ready(Duration::from_secs(20)).await;

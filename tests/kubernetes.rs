@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::apiserver::{TestApiServer, pod, statefulset};
+use support::apiserver::{self, TestApiServer, pod, statefulset};
 use support::daemon::{Daemon, eventually, file_is, run_peers_command};
 
 const READY: Duration = Duration::from_secs(20);
@@ -20,11 +20,7 @@ const APP: (&str, &str) = ("app", "xmpp");
 
 /// A StatefulSet pod: hostname = pod name, subdomain = headless service.
 fn sts_pod(name: &str, ips: &[&str], ready: bool) -> k8s_openapi::api::core::v1::Pod {
-    let mut p = pod("chat", name, ips, ready, &[APP]);
-    let spec = p.spec.as_mut().unwrap();
-    spec.hostname = Some(name.into());
-    spec.subdomain = Some(SVC.into());
-    p
+    apiserver::sts_pod("chat", name, SVC, ips, ready, &[APP])
 }
 
 fn line(ip: &str, host: &str) -> String {

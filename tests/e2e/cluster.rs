@@ -15,7 +15,7 @@ use tokio::process::Child;
 
 use crate::netns::{Hub, Netns, SUBNET, scratch_prefix};
 use crate::probe;
-use crate::support::apiserver::{TestApiServer, pod};
+use crate::support::apiserver::{TestApiServer, sts_pod};
 
 /// Kubernetes namespace of the test pods.
 pub const K8S_NS: &str = "xmpp";
@@ -141,18 +141,14 @@ impl Cluster {
     /// The Pod object for slot `k` as the kubelet reports it now.
     pub fn pod_object(&self, k: usize, ready: bool) -> Pod {
         let name = pod_name(k);
-        let mut p = pod(
+        sts_pod(
             K8S_NS,
             &name,
+            SUBDOMAIN,
             &[&self.pods[k].ip],
             ready,
             &[("app", "xmpp")],
-        );
-        if let Some(spec) = p.spec.as_mut() {
-            spec.hostname = Some(name.clone());
-            spec.subdomain = Some(SUBDOMAIN.into());
-        }
-        p
+        )
     }
 
     /// Publish (create or update) pod `k` with its current IP.

@@ -605,6 +605,31 @@ pub fn pod(namespace: &str, name: &str, ips: &[&str], ready: bool, labels: &[(&s
     }
 }
 
+/// A StatefulSet's pod as the API serves it: [`pod`] with hostname = pod
+/// name and subdomain = the headless service, which is what makes kube-epmd
+/// publish `NAME.SUBDOMAIN...` names for it.
+pub fn sts_pod(
+    namespace: &str,
+    name: &str,
+    subdomain: &str,
+    ips: &[&str],
+    ready: bool,
+    labels: &[(&str, &str)],
+) -> Pod {
+    let mut p = pod(namespace, name, ips, ready, labels);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.hostname = Some(name.into());
+        spec.subdomain = Some(subdomain.into());
+    }
+    p
+}
+
+/// A distinct IPv4 address for pod number `i` (10.0.x.y), for tables of
+/// thousands of pods.
+pub fn indexed_ip(i: usize) -> String {
+    format!("10.0.{}.{}", i / 250, i % 250 + 1)
+}
+
 /// The one-container pod spec of every test pod and pod template.
 fn app_pod_spec() -> PodSpec {
     PodSpec {
