@@ -13,6 +13,7 @@
 //! until the client closes, as epmd holds it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
@@ -134,42 +135,50 @@ pub(super) fn hold(
     };
     let mut state = shared.state();
     let held = &mut state.held;
-    if holder.name.is_some() && matches!(held.slots.get(&conn), Some(Slot::Stopped)) {
-        held.slots.remove(&conn);
-        drop(state);
-        debug!(conn, "registration connection stopped");
-        end(shared, holder);
-        return;
-    }
-    if shared.stopping.get() {
-        drop(state);
-        debug!(conn, "registration connection closed: shutting down");
-        end(shared, holder);
-        return;
-    }
-    let added = match &held.epoll {
+    // One lookup: a registration has a slot since it registered (replaced
+    // in place), a refused one gets a new one.
+    let slot = held.slots.entry(conn);
+    let stopped = matches!(&slot, Entry::Occupied(o) if matches!(o.get(), Slot::Stopped));
+    let why = if stopped {
+        "registration connection stopped"
+    } else if shared.stopping.get() {
+        "registration connection closed: shutting down"
+    } else {
         // RDHUP: a peer that shuts down its side is gone even if it leaves
         // the socket open. Errors and hang-ups are always reported.
-        Some(ep) => epoll::add(
-            &**ep,
-            &holder.stream,
-            epoll::EventData::new_u64(conn),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-        )
-        .map_err(std::io::Error::from),
-        None => Err(std::io::Error::other("no held-connection set")),
+        let added = match &held.epoll {
+            Some(ep) => epoll::add(
+                &**ep,
+                &holder.stream,
+                epoll::EventData::new_u64(conn),
+                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            )
+            .map_err(std::io::Error::from),
+            None => Err(std::io::Error::other("no held-connection set")),
+        };
+        match added {
+            Ok(()) => {
+                match slot {
+                    Entry::Occupied(mut o) => *o.get_mut() = Slot::Holding(holder),
+                    Entry::Vacant(v) => {
+                        v.insert(Slot::Holding(holder));
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                shared.metrics.dropped("register_error");
+                debug!(conn, error = %e, "closing: cannot watch the registration's socket");
+                "registration connection closed"
+            }
+        }
     };
-    match added {
-        Ok(()) => {
-            held.slots.insert(conn, Slot::Holding(holder));
-        }
-        Err(e) => {
-            drop(state);
-            shared.metrics.dropped("register_error");
-            debug!(conn, error = %e, "closing: cannot watch the registration's socket");
-            end(shared, holder);
-        }
+    if let Entry::Occupied(o) = slot {
+        o.remove();
     }
+    drop(state);
+    debug!(conn, "{why}");
+    end(shared, holder);
 }
 
 /// Shutdown: close every held connection at once; their nodes notice and
@@ -268,7 +277,10 @@ fn ended(shared: &Shared, conn: ConnId, flags: epoll::EventFlags) {
     use epoll::EventFlags as F;
     let mut state = shared.state();
     // Gone already (STOP, shutdown): a stale event for a closed socket.
-    let Some(Slot::Holding(h)) = state.held.slots.get(&conn) else {
+    let Entry::Occupied(slot) = state.held.slots.entry(conn) else {
+        return;
+    };
+    let Slot::Holding(h) = slot.get() else {
         return;
     };
     if flags.intersects(F::ERR) {
@@ -290,7 +302,7 @@ fn ended(shared: &Shared, conn: ConnId, flags: epoll::EventFlags) {
             Err(e) => debug!(conn, error = %e, "registration connection failed"),
         }
     }
-    let Some(Slot::Holding(h)) = state.held.slots.remove(&conn) else {
+    let Slot::Holding(h) = slot.remove() else {
         return;
     };
     drop(state);
