@@ -157,7 +157,7 @@ impl Visit for Fields<'_> {
 fn escape_from(line: &mut String, start: usize) {
     // An ASCII control byte is a whole character in UTF-8, so slicing
     // around it stays on character boundaries.
-    if !line.as_bytes()[start..].iter().any(u8::is_ascii_control) {
+    if !has_control(&line.as_bytes()[start..]) {
         return;
     }
     let raw = line.split_off(start);
@@ -170,6 +170,30 @@ fn escape_from(line: &mut String, start: usize) {
         rest = &rest[i + 1..];
     }
     line.push_str(rest);
+}
+
+/// Whether `bytes` hold an ASCII control character (below 0x20, or DEL),
+/// eight bytes at a time: every value of every line passes through here.
+fn has_control(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        // A byte below 0x20 (high bit clear) borrows when 0x20 is taken
+        // from it; DEL becomes zero when xored with 0x7f, and a zero byte
+        // borrows when 1 is taken from it. Bytes with the high bit set
+        // (UTF-8 beyond ASCII) are masked out by `!x`.
+        let below = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
+        let del = x ^ (0x7f * ONES);
+        let del = del.wrapping_sub(ONES) & !del & HIGH;
+        if below | del != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(u8::is_ascii_control)
 }
 
 thread_local! {
@@ -249,6 +273,23 @@ mod tests {
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
         assert_eq!(at(1_795_998_631, 864_259), "2026-11-30T00:30:31.864259Z");
         assert_eq!(at(4_102_444_799, 999_999), "2099-12-31T23:59:59.999999Z");
+    }
+
+    /// The word-at-a-time scan agrees with the byte-by-byte rule for every
+    /// byte value in every position, next to ASCII and non-ASCII bytes.
+    #[test]
+    fn control_scan_matches_the_byte_rule() {
+        for fill in [b'a', 0x7e, 0x80, 0xc3, 0xff, 0x20] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for c in 0..=255u8 {
+                        let mut v = vec![fill; len];
+                        v[at] = c;
+                        assert_eq!(has_control(&v), v.iter().any(u8::is_ascii_control), "{v:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[derive(Clone, Default)]

@@ -13,11 +13,57 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
 use crate::codec::{NodeInfo, X_RESP_MIN_VERSION};
+
+/// Node names are hashed with a multiply-rotate hash (FxHash's), not the
+/// standard SipHash: several name hashes per registration made SipHash a
+/// tenth of a registration's instructions. A keyed hash guards a table
+/// against keys chosen to collide; the keys here are registered names, and
+/// only local clients can register (ALIVE2 from another host is refused),
+/// while lookups from anywhere only probe, adding nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct NameHasher(u64);
+
+impl NameHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A table keyed by node name.
+type ByName<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
 
 /// Identifies the connection that holds a registration.
 pub type ConnId = u64;
@@ -77,7 +123,7 @@ struct Unregistered {
     /// from `by_name` (constant time; a node restarting must not scan a
     /// thousand names): its entry here goes stale and is skipped.
     order: VecDeque<(u64, String)>,
-    by_name: HashMap<String, OldName>,
+    by_name: ByName<OldName>,
     next_stamp: u64,
 }
 
@@ -89,7 +135,7 @@ impl Unregistered {
 
 #[derive(Debug)]
 pub struct Registry {
-    live: HashMap<String, Node>,
+    live: ByName<Node>,
     old: Unregistered,
     max_unreg: usize,
     seq: u64,
@@ -115,7 +161,7 @@ fn unix_now() -> u32 {
 impl Registry {
     pub fn new(max_unreg: usize) -> Self {
         Registry {
-            live: HashMap::new(),
+            live: ByName::default(),
             old: Unregistered::default(),
             max_unreg,
             seq: 0,
@@ -155,10 +201,13 @@ impl Registry {
 
     /// Forget the registration held by `conn` for `name`, if that is still it.
     pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Node> {
-        if self.live.get(name)?.conn != conn {
+        // One lookup in the usual case; the name held by another connection
+        // (re-registered after a STOP) is rare and put back.
+        let (key, node) = self.live.remove_entry(name)?;
+        if node.conn != conn {
+            self.live.insert(key, node);
             return None;
         }
-        let node = self.live.remove(name)?;
         self.remember(&node);
         Some(node)
     }
