@@ -12,8 +12,9 @@
 //! close the socket. A refused registration (no name) is held the same way
 //! until the client closes, as epmd holds it.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
@@ -37,7 +38,29 @@ pub(super) struct Held {
     /// with the task that waits on it.
     epoll: Option<Rc<OwnedFd>>,
     /// Every registration from the moment it is made, by connection.
-    slots: BTreeMap<ConnId, Slot>,
+    slots: HashMap<ConnId, Slot, BuildHasherDefault<ConnHasher>>,
+}
+
+/// Connection ids are our own sequential numbers, so one multiplication
+/// spreads them well enough; a B-tree's removal alone cost more than a
+/// whole lookup here, and SipHash is for keys others choose.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct ConnHasher(u64);
+
+impl Hasher for ConnHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug)]
@@ -102,17 +125,12 @@ impl Held {
     /// Every held connection, taken out (shutdown). Registrations still
     /// sending their reply stay: they close when they reach the hold.
     fn take_all(&mut self) -> Vec<Holder> {
-        let slots = std::mem::take(&mut self.slots);
-        let mut held = Vec::new();
-        for (conn, slot) in slots {
-            match slot {
-                Slot::Holding(h) => held.push(h),
-                other => {
-                    self.slots.insert(conn, other);
-                }
-            }
-        }
-        held
+        let held = self.slots.extract_if(|_, s| matches!(s, Slot::Holding(_)));
+        held.filter_map(|(_, s)| match s {
+            Slot::Holding(h) => Some(h),
+            _ => None,
+        })
+        .collect()
     }
 }
 
