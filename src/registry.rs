@@ -106,6 +106,14 @@ fn creation_for(counter: u32, highest_version: u16) -> u32 {
     }
 }
 
+/// What is left of a registration that ended: its name and details moved
+/// to the remembered names (no copy of the name is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    pub conn: ConnId,
+    pub port: u16,
+}
+
 /// A remembered, no longer registered name (the name is its key).
 #[derive(Debug, Clone)]
 pub struct OldName {
@@ -200,7 +208,7 @@ impl Registry {
     }
 
     /// Forget the registration held by `conn` for `name`, if that is still it.
-    pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Node> {
+    pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Gone> {
         // One lookup in the usual case; the name held by another connection
         // (re-registered after a STOP) is rare and put back.
         let (key, node) = self.live.remove_entry(name)?;
@@ -208,18 +216,18 @@ impl Registry {
             self.live.insert(key, node);
             return None;
         }
-        self.remember(&node);
-        Some(node)
+        Some(self.remember(key, node))
     }
 
     /// Forget `name` whoever holds it (STOP_REQ); the caller closes its socket.
-    pub fn unregister_name(&mut self, name: &str) -> Option<Node> {
-        let node = self.live.remove(name)?;
-        self.remember(&node);
-        Some(node)
+    pub fn unregister_name(&mut self, name: &str) -> Option<Gone> {
+        let (key, node) = self.live.remove_entry(name)?;
+        Some(self.remember(key, node))
     }
 
-    fn remember(&mut self, node: &Node) {
+    /// Remember `node`, registered as `key` (its map key and its own copy
+    /// of the name are both reused, not copied).
+    fn remember(&mut self, key: String, node: Node) -> Gone {
         let max_unreg = self.max_unreg;
         let old = &mut self.old;
         // epmd keeps at most max_unreg + 1 entries before stealing the oldest.
@@ -240,10 +248,12 @@ impl Registry {
         }
         let stamp = old.next_stamp;
         old.next_stamp += 1;
-        let name = node.info.name.clone();
-        old.order.push_back((stamp, name.clone()));
+        let gone = Gone {
+            conn: node.conn,
+            port: node.info.port,
+        };
         old.by_name.insert(
-            name,
+            key,
             OldName {
                 port: node.info.port,
                 fd: node.fd,
@@ -251,6 +261,8 @@ impl Registry {
                 stamp,
             },
         );
+        old.order.push_back((stamp, node.info.name));
+        gone
     }
 
     pub fn lookup(&self, name: &str) -> Option<NodeInfo> {

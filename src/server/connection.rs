@@ -423,10 +423,10 @@ fn reply_bytes(action: &Action) -> &[u8] {
 /// The registration held by this connection (if any) ends.
 pub(super) fn release(caller: Caller, shared: &Shared, name: Option<String>) {
     let Some(name) = name else { return };
-    let node = shared.state().release(&name, caller.conn);
-    if let Some(node) = node {
+    let gone = shared.state().release(&name, caller.conn);
+    if let Some(gone) = gone {
         shared.metrics.registered_nodes.dec();
-        tracing::info!(node = %name, port = node.info.port, "node unregistered");
+        tracing::info!(node = %name, port = gone.port, "node unregistered");
     }
 }
 

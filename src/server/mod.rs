@@ -32,7 +32,7 @@ pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
 pub use refusal::Program;
 
 use crate::metrics::Metrics;
-use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Node, Registry};
+use crate::registry::{ConnId, DEBUG_MAX_UNREG, Gone, MAX_UNREG, Registry};
 use connection::Now;
 
 /// How long shutdown waits for connections still being answered (a reply
@@ -88,14 +88,14 @@ impl State {
     /// STOP_REQ: forget `name`. Its connection, if already held, is
     /// returned for the caller to close (outside this borrow); one still
     /// sending its reply is closed the moment it would be held.
-    fn stop(&mut self, name: &str) -> Option<(Node, Option<held::Holder>)> {
+    fn stop(&mut self, name: &str) -> Option<(Gone, Option<held::Holder>)> {
         let node = self.registry.unregister_name(name)?;
         let holder = self.held.stop(node.conn);
         Some((node, holder))
     }
 
     /// The registration made on `conn` ends (its socket closed or stopped).
-    fn release(&mut self, name: &str, conn: ConnId) -> Option<Node> {
+    fn release(&mut self, name: &str, conn: ConnId) -> Option<Gone> {
         self.held.forget(conn);
         self.registry.unregister(name, conn)
     }
@@ -161,7 +161,7 @@ impl Shared {
     }
 
     /// STOP_REQ: unregister `name` and close its connection.
-    fn stop_node(&self, name: &str) -> Option<Node> {
+    fn stop_node(&self, name: &str) -> Option<Gone> {
         let (node, holder) = self.state().stop(name)?;
         if let Some(h) = holder {
             held::close_stopped(self, h);
