@@ -13,11 +13,57 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
 use crate::codec::{NodeInfo, X_RESP_MIN_VERSION};
+
+/// Node names are hashed with a multiply-rotate hash (FxHash's), not the
+/// standard SipHash: several name hashes per registration made SipHash a
+/// tenth of a registration's instructions. A keyed hash guards a table
+/// against keys chosen to collide; the keys here are registered names, and
+/// only local clients can register (ALIVE2 from another host is refused),
+/// while lookups from anywhere only probe, adding nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct NameHasher(u64);
+
+impl NameHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A table keyed by node name.
+type ByName<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
 
 /// Identifies the connection that holds a registration.
 pub type ConnId = u64;
@@ -60,6 +106,14 @@ fn creation_for(counter: u32, highest_version: u16) -> u32 {
     }
 }
 
+/// What is left of a registration that ended: its name and details moved
+/// to the remembered names (no copy of the name is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    pub conn: ConnId,
+    pub port: u16,
+}
+
 /// A remembered, no longer registered name (the name is its key).
 #[derive(Debug, Clone)]
 pub struct OldName {
@@ -77,7 +131,7 @@ struct Unregistered {
     /// from `by_name` (constant time; a node restarting must not scan a
     /// thousand names): its entry here goes stale and is skipped.
     order: VecDeque<(u64, String)>,
-    by_name: HashMap<String, OldName>,
+    by_name: ByName<OldName>,
     next_stamp: u64,
 }
 
@@ -89,7 +143,7 @@ impl Unregistered {
 
 #[derive(Debug)]
 pub struct Registry {
-    live: HashMap<String, Node>,
+    live: ByName<Node>,
     old: Unregistered,
     max_unreg: usize,
     seq: u64,
@@ -115,7 +169,7 @@ fn unix_now() -> u32 {
 impl Registry {
     pub fn new(max_unreg: usize) -> Self {
         Registry {
-            live: HashMap::new(),
+            live: ByName::default(),
             old: Unregistered::default(),
             max_unreg,
             seq: 0,
@@ -154,23 +208,26 @@ impl Registry {
     }
 
     /// Forget the registration held by `conn` for `name`, if that is still it.
-    pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Node> {
-        if self.live.get(name)?.conn != conn {
+    pub fn unregister(&mut self, name: &str, conn: ConnId) -> Option<Gone> {
+        // One lookup in the usual case; the name held by another connection
+        // (re-registered after a STOP) is rare and put back.
+        let (key, node) = self.live.remove_entry(name)?;
+        if node.conn != conn {
+            self.live.insert(key, node);
             return None;
         }
-        let node = self.live.remove(name)?;
-        self.remember(&node);
-        Some(node)
+        Some(self.remember(key, node))
     }
 
     /// Forget `name` whoever holds it (STOP_REQ); the caller closes its socket.
-    pub fn unregister_name(&mut self, name: &str) -> Option<Node> {
-        let node = self.live.remove(name)?;
-        self.remember(&node);
-        Some(node)
+    pub fn unregister_name(&mut self, name: &str) -> Option<Gone> {
+        let (key, node) = self.live.remove_entry(name)?;
+        Some(self.remember(key, node))
     }
 
-    fn remember(&mut self, node: &Node) {
+    /// Remember `node`, registered as `key` (its map key and its own copy
+    /// of the name are both reused, not copied).
+    fn remember(&mut self, key: String, node: Node) -> Gone {
         let max_unreg = self.max_unreg;
         let old = &mut self.old;
         // epmd keeps at most max_unreg + 1 entries before stealing the oldest.
@@ -191,10 +248,12 @@ impl Registry {
         }
         let stamp = old.next_stamp;
         old.next_stamp += 1;
-        let name = node.info.name.clone();
-        old.order.push_back((stamp, name.clone()));
+        let gone = Gone {
+            conn: node.conn,
+            port: node.info.port,
+        };
         old.by_name.insert(
-            name,
+            key,
             OldName {
                 port: node.info.port,
                 fd: node.fd,
@@ -202,6 +261,8 @@ impl Registry {
                 stamp,
             },
         );
+        old.order.push_back((stamp, node.info.name));
+        gone
     }
 
     pub fn lookup(&self, name: &str) -> Option<NodeInfo> {

@@ -479,3 +479,83 @@ fn stop_right_after_the_registration_closes_the_node_connection() {
         assert_eq!(o.bytes, [b'w', 1], "{which:?}");
     }
 }
+
+/// Many registrations held at once, ended every way a held connection can
+/// end (close, a further byte, STOP), with refused ones held alongside:
+/// the survivors stay registered and open, the ended names leave NAMES
+/// and come back with bumped creations, as in epmd.
+#[test]
+fn many_registrations_held_and_ended_keep_the_registry_consistent() {
+    const NODES: usize = 12;
+    let name = |i: usize| format!("many{i}").into_bytes();
+    let (c, k) = differential(&["-relaxed_command_check"], |s| {
+        let held: Vec<usize> = (0..NODES)
+            .map(|i| {
+                s.send_hold(
+                    &format!("register {i}"),
+                    &alive2(&name(i), 4200 + (i % 11) as u16, 6, b""),
+                )
+            })
+            .collect();
+        let refused = s.send_hold("same name again", &alive2(&name(0), 4200, 6, b""));
+        for i in (0..NODES).step_by(4) {
+            s.close_held(held[i]);
+        }
+        for i in (1..NODES).step_by(4) {
+            s.held[held[i]].write_all(b"!").expect("write");
+            s.check_held(&format!("closed after a byte {i}"), held[i]);
+        }
+        for i in (2..NODES).step_by(4) {
+            let mut stop = b"s".to_vec();
+            stop.extend_from_slice(&name(i));
+            s.send(&format!("stop {i}"), &frame(&stop));
+            s.check_held(&format!("closed by stop {i}"), held[i]);
+        }
+        for i in (3..NODES).step_by(4) {
+            s.check_held(&format!("still held {i}"), held[i]);
+        }
+        s.check_held("refused still held", refused);
+        s.names("survivors");
+        for i in (0..NODES).step_by(4) {
+            s.send_hold(&format!("back {i}"), &alive2(&name(i), 4200, 6, b""));
+        }
+        s.names("survivors and returned");
+        s.dump("dump");
+    });
+    for (which, cr) in [("C", c), ("kube", k)] {
+        assert_eq!(cr.len(), NODES + NODES / 4, "{which}");
+        for (j, i) in (0..NODES).step_by(4).enumerate() {
+            assert_eq!(cr[NODES + j], cr[i] + 1, "{which}: node {i} must bump");
+        }
+    }
+}
+
+/// A STOP_REQ handled while the registration it names is still waiting to
+/// send its reply (`-delay_write`) closes that connection once the reply is
+/// out. kube-epmd only: the C epmd's `-delay_write` sleeps the whole
+/// daemon, so it never handles a STOP while a reply waits.
+#[test]
+fn stop_while_the_registration_reply_waits_closes_it_after_the_reply() {
+    let d = Daemon::start(Impl::Kube, &["-relaxed_command_check", "-delay_write", "1"]);
+    let signal = |sig| {
+        // SAFETY: kill(2) on our own child process.
+        assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
+    };
+    // Both requests queued while the daemon is frozen: it accepts them in
+    // order, so the registration is made before the STOP is handled, and
+    // both replies then wait a second.
+    signal(libc::SIGSTOP);
+    let mut node = connect(d.port);
+    node.write_all(&alive2(b"late", 4200, 6, b""))
+        .expect("ALIVE2");
+    let mut stop = connect(d.port);
+    stop.write_all(&frame(b"slate")).expect("STOP");
+    signal(libc::SIGCONT);
+    let o = read_reply(&mut stop, EVENT_LIMIT);
+    assert_eq!(o.bytes, b"STOPPED");
+    let o = read_reply(&mut node, EVENT_LIMIT);
+    assert_eq!(o.bytes.get(..2), Some(&[b'v', 0][..]), "{o:?}");
+    assert!(o.closed, "the stopped node's connection stays open: {o:?}");
+    let o = exchange(d.port, &port_please(b"late"));
+    assert_eq!(o.bytes, [b'w', 1]);
+}

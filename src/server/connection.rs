@@ -7,23 +7,24 @@
 //! Right after accept, [`serve_now`] runs it without a task or the event
 //! loop: nodes send their request as soon as they are connected, so it is
 //! usually there already and answered at once (accept, read, write, close:
-//! no epoll registration at all). Whatever cannot finish at once — a
-//! request not (fully) there yet, a reply the socket will not take whole, a
-//! registration to hold — continues in [`serve_later`], an async task that
-//! waits for the socket and calls the same `advance` again.
+//! no epoll registration at all; a registration goes straight to the held
+//! set, see held.rs). Whatever cannot finish at once — a request not
+//! (fully) there yet, a reply the socket will not take whole — continues in
+//! [`serve_later`], an async task that waits for the socket and calls the
+//! same `advance` again.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::Shared;
 use super::dispatch::{Action, Caller, dispatch};
+use super::held;
 use super::reader::{FrameReader, Progress};
 use crate::registry::ConnId;
 
@@ -215,6 +216,9 @@ impl Conn {
 #[derive(Debug)]
 pub(super) enum Now {
     Done(After),
+    /// Answered: hold the connection (a registration under the name, or a
+    /// refused one).
+    Hold(std::net::TcpStream, Option<String>),
     Later(Later),
 }
 
@@ -236,6 +240,7 @@ pub(super) fn serve_now(stream: std::net::TcpStream, caller: Caller, shared: &Rc
     let step = conn.advance(&stream, shared);
     let idle = match step {
         Step::Done(after) => return Now::Done(after),
+        Step::Hold(name) => return Now::Hold(stream, name),
         Step::NeedRead => Some(IdleGuard::new(shared, caller.conn)),
         _ => None,
     };
@@ -271,8 +276,13 @@ pub fn idle_limit(timeout: Duration) -> Duration {
     Duration::from_secs(period * (t / period + 1))
 }
 
-/// Finish what [`serve_now`] left over, as an async task.
-pub(super) async fn serve_later(later: Later, shared: Rc<Shared>) -> After {
+/// Finish what [`serve_now`] left over, as an async task. None when the
+/// connection ends up held: it is open still, and `permit` goes with it.
+pub(super) async fn serve_later(
+    later: Later,
+    shared: Rc<Shared>,
+    permit: OwnedSemaphorePermit,
+) -> Option<After> {
     let Later {
         stream,
         mut conn,
@@ -284,11 +294,8 @@ pub(super) async fn serve_later(later: Later, shared: Rc<Shared>) -> After {
         Err(e) => {
             shared.metrics.dropped("register_error");
             debug!(conn = conn.caller.conn, error = %e, "closing: cannot watch the socket");
-            if let Step::Hold(name) = step {
-                release(conn.caller, &shared, name);
-            }
             conn.abandon(&shared);
-            return After::Continue;
+            return Some(After::Continue);
         }
     };
     let id = conn.caller.conn;
@@ -297,7 +304,7 @@ pub(super) async fn serve_later(later: Later, shared: Rc<Shared>) -> After {
     let mut reads = conn.reads;
     loop {
         step = match step {
-            Step::Done(after) => return after,
+            Step::Done(after) => return Some(after),
             Step::NeedRead => {
                 let evicted = idle.as_ref().map(|g| g.evict.clone());
                 tokio::select! {
@@ -306,23 +313,23 @@ pub(super) async fn serve_later(later: Later, shared: Rc<Shared>) -> After {
                         Ok(Err(e)) => {
                             shared.metrics.dropped("read_error");
                             debug!(conn = id, error = %e, "closing: read error");
-                            return After::Continue;
+                            return Some(After::Continue);
                         }
                         Err(_) => {
                             shared.metrics.dropped("timeout");
                             debug!(conn = id, "closing: timed out on receive");
-                            return After::Continue;
+                            return Some(After::Continue);
                         }
                     },
                     _ = wait(evicted) => {
                         shared.metrics.connections_evicted.inc();
                         debug!(conn = id, "idle connection evicted at the connection limit");
-                        return After::Continue;
+                        return Some(After::Continue);
                     }
                     _ = shared.stopped() => {
                         shared.metrics.dropped("shutdown");
                         debug!(conn = id, "closing: shutting down before a request");
-                        return After::Continue;
+                        return Some(After::Continue);
                     }
                 }
                 let next = conn.advance(&stream, &shared);
@@ -345,14 +352,25 @@ pub(super) async fn serve_later(later: Later, shared: Rc<Shared>) -> After {
                 if let Err(e) = stream.writable().await {
                     debug!(conn = id, error = %e, "closing: write error");
                     conn.abandon(&shared);
-                    return After::Continue;
+                    return Some(After::Continue);
                 }
                 conn.advance(&stream, &shared)
             }
             Step::Hold(name) => {
                 drop(idle);
-                hold(stream, conn.caller, &shared, name).await;
-                return After::Continue;
+                // Back to a plain socket: the held set watches it from here.
+                return match stream.into_std() {
+                    Ok(s) => {
+                        held::hold(&shared, s, conn.caller, name, permit);
+                        None
+                    }
+                    Err(e) => {
+                        shared.metrics.dropped("register_error");
+                        debug!(conn = id, error = %e, "closing: cannot take the socket back");
+                        release(conn.caller, &shared, name);
+                        Some(After::Continue)
+                    }
+                };
             }
         };
         if !matches!(step, Step::NeedRead) {
@@ -402,32 +420,13 @@ fn reply_bytes(action: &Action) -> &[u8] {
     }
 }
 
-/// A registration lives as long as its socket: EOF, an error, any further
-/// byte, a STOP_REQ for its name or shutdown ends it. A refused one (no
-/// name) is held as epmd holds it, until the client closes.
-async fn hold(mut stream: TcpStream, caller: Caller, shared: &Shared, name: Option<String>) {
-    let conn = caller.conn;
-    let closer = name.as_ref().and_then(|_| shared.closer(conn));
-    let mut byte = [0u8; 1];
-    tokio::select! {
-        r = stream.read(&mut byte) => match r {
-            Ok(0) => debug!(conn, "registration connection closed"),
-            Ok(_) => debug!(conn, "more bytes on a registration connection: unregistering"),
-            Err(e) => debug!(conn, error = %e, "registration connection failed"),
-        },
-        _ = wait(closer) => debug!(conn, "registration connection stopped"),
-        _ = shared.stopped() => debug!(conn, "registration connection closed: shutting down"),
-    }
-    release(caller, shared, name);
-}
-
 /// The registration held by this connection (if any) ends.
-fn release(caller: Caller, shared: &Shared, name: Option<String>) {
+pub(super) fn release(caller: Caller, shared: &Shared, name: Option<String>) {
     let Some(name) = name else { return };
-    let node = shared.state().release(&name, caller.conn);
-    if let Some(node) = node {
+    let gone = shared.state().release(&name, caller.conn);
+    if let Some(gone) = gone {
         shared.metrics.registered_nodes.dec();
-        tracing::info!(node = %name, port = node.info.port, "node unregistered");
+        tracing::info!(node = %name, port = gone.port, "node unregistered");
     }
 }
 

@@ -217,10 +217,10 @@ fn stop(shared: &Shared, name: &[u8]) -> (Action, Outcome) {
         return (Action::Close, Outcome::Dropped);
     }
     let name = String::from_utf8_lossy(name);
-    // Unregister and close the holder's connection in one step: the
-    // connection's closer exists from the moment it registered, so a STOP
-    // that arrives before the connection's task runs still closes it.
-    let stopped = shared.state().stop(&name);
+    // Unregister and close the holder's connection in one step: its place
+    // in the held set exists from the moment it registered, so a STOP that
+    // arrives before its reply is out still closes it.
+    let stopped = shared.stop_node(&name);
     match stopped {
         Some(_) => {
             info!(node = %name, "node unregistered by STOP_REQ");

@@ -4,6 +4,7 @@
 mod config;
 mod connection;
 mod dispatch;
+mod held;
 mod listen;
 mod reader;
 mod refusal;
@@ -31,7 +32,7 @@ pub use reader::{FrameReader, MAX_FRAME, Progress, Reject};
 pub use refusal::Program;
 
 use crate::metrics::Metrics;
-use crate::registry::{ConnId, DEBUG_MAX_UNREG, MAX_UNREG, Node, Registry};
+use crate::registry::{ConnId, DEBUG_MAX_UNREG, Gone, MAX_UNREG, Registry};
 use connection::Now;
 
 /// How long shutdown waits for connections still being answered (a reply
@@ -66,14 +67,13 @@ pub struct State {
     /// evicted when the limit is reached, so a flood of idle or half-sent
     /// connections can never lock out registrations and lookups.
     idle: BTreeMap<ConnId, Rc<Notify>>,
-    /// The closer of each registration's connection, made when the node
-    /// registers (not when its task starts), for STOP_REQ. Ordered by our
-    /// own increasing ids: no hashing needed.
-    registered: BTreeMap<ConnId, Rc<Notify>>,
+    /// Registrations' connections, from the moment the node registers
+    /// (not when its reply is out), so STOP_REQ can always close them.
+    held: held::Held,
 }
 
 impl State {
-    /// Register a node and make the closer its connection will watch.
+    /// Register a node; its connection is held once the reply is out.
     pub fn register(
         &mut self,
         info: crate::codec::NodeInfo,
@@ -81,24 +81,22 @@ impl State {
         fd: i32,
     ) -> Result<u32, crate::registry::RegisterError> {
         let creation = self.registry.register(info, conn, fd)?;
-        self.registered.insert(conn, Rc::new(Notify::new()));
+        self.held.registered(conn);
         Ok(creation)
     }
 
-    /// STOP_REQ: forget `name` and close its connection (at once if its
-    /// task is waiting, else as soon as it starts to).
-    pub fn stop(&mut self, name: &str) -> Option<Node> {
+    /// STOP_REQ: forget `name`. Its connection, if already held, is
+    /// returned for the caller to close (outside this borrow); one still
+    /// sending its reply is closed the moment it would be held.
+    fn stop(&mut self, name: &str) -> Option<(Gone, Option<held::Holder>)> {
         let node = self.registry.unregister_name(name)?;
-        if let Some(closer) = self.registered.get(&node.conn) {
-            // Stores a permit when nobody waits yet.
-            closer.notify_one();
-        }
-        Some(node)
+        let holder = self.held.stop(node.conn);
+        Some((node, holder))
     }
 
-    /// The registration held by `conn` ends (its socket closed or stopped).
-    fn release(&mut self, name: &str, conn: ConnId) -> Option<Node> {
-        self.registered.remove(&conn);
+    /// The registration made on `conn` ends (its socket closed or stopped).
+    fn release(&mut self, name: &str, conn: ConnId) -> Option<Gone> {
+        self.held.forget(conn);
         self.registry.unregister(name, conn)
     }
 }
@@ -116,7 +114,7 @@ impl Shared {
             state: RefCell::new(State {
                 registry: Registry::new(max_unreg),
                 idle: BTreeMap::new(),
-                registered: BTreeMap::new(),
+                held: held::Held::default(),
             }),
             next_conn: Cell::new(1),
             refusals_logged: Cell::new(0),
@@ -162,9 +160,13 @@ impl Shared {
         }
     }
 
-    /// The closer made for `conn` when it registered (None if refused).
-    fn closer(&self, conn: ConnId) -> Option<Rc<Notify>> {
-        self.state().registered.get(&conn).cloned()
+    /// STOP_REQ: unregister `name` and close its connection.
+    fn stop_node(&self, name: &str) -> Option<Gone> {
+        let (node, holder) = self.state().stop(name)?;
+        if let Some(h) = holder {
+            held::close_stopped(self, h);
+        }
+        Some(node)
     }
 
     /// True the first time a refusal of `program` is to be logged: always
@@ -178,10 +180,12 @@ impl Shared {
         logged & program.bit() == 0
     }
 
-    /// Start shutdown: every connection waiting on [`Shared::stopped`] ends.
+    /// Start shutdown: every connection waiting on [`Shared::stopped`] ends,
+    /// and every held registration is closed.
     fn begin_stop(&self) {
         self.stopping.set(true);
         self.stop.notify_waiters();
+        held::close_all(self);
     }
 
     /// Resolves once shutdown has started.
@@ -238,6 +242,15 @@ pub async fn serve(
             let max = shared.config.max_connections;
             let permits = Arc::new(Semaphore::new(max));
             let (exit_tx, mut exit_rx) = watch::channel(false);
+            let epoll = match shared.state().held.open() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    error!(error = %e, "cannot make the set of held registrations; stopping");
+                    return;
+                }
+            };
+            // Ends with the task set, after shutdown closed what it held.
+            tokio::task::spawn_local(held::watch(shared.clone(), epoll));
             let mut accepting = tokio::task::JoinSet::new();
             for l in listeners {
                 accepting.spawn_local(accept_loop(
@@ -360,14 +373,19 @@ async fn accept_loop(
                 closed(&shared, &exit, after);
                 continue;
             }
+            // The usual registration: answered at once and held, no task.
+            Now::Hold(stream, name) => {
+                held::hold(&shared, stream, caller, name, permit);
+                continue;
+            }
             Now::Later(later) => later,
         };
         let shared = shared.clone();
         let exit = exit.clone();
         tokio::task::spawn_local(async move {
-            let _permit = permit;
-            let after = connection::serve_later(later, shared.clone()).await;
-            closed(&shared, &exit, after);
+            if let Some(after) = connection::serve_later(later, shared.clone(), permit).await {
+                closed(&shared, &exit, after);
+            }
         });
     }
 }
