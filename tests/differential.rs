@@ -455,29 +455,38 @@ fn creation_is_time_based() {
 fn stop_right_after_the_registration_closes_the_node_connection() {
     for which in [Impl::C, Impl::Kube] {
         let d = Daemon::start(which, &["-relaxed_command_check"]);
-        let signal = |sig| {
-            // SAFETY: kill(2) on our own child process.
-            assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
-        };
-        signal(libc::SIGSTOP);
-        // The kernel completes both handshakes while the daemon is stopped.
-        let mut node = connect(d.port);
-        node.write_all(&alive2(b"racy", 4200, 6, b""))
-            .expect("ALIVE2");
-        let mut stop = connect(d.port);
-        stop.write_all(&frame(b"sracy")).expect("STOP");
-        signal(libc::SIGCONT);
-        let o = read_reply(&mut stop, Duration::from_secs(5));
-        assert_eq!(o.bytes, b"STOPPED", "{which:?}");
-        let o = read_reply(&mut node, Duration::from_secs(5));
-        assert_eq!(o.bytes.get(..2), Some(&[b'v', 0][..]), "{which:?}: {o:?}");
-        assert!(
-            o.closed,
-            "{which:?}: the stopped node's connection stays open: {o:?}"
-        );
-        let o = exchange(d.port, &port_please(b"racy"));
-        assert_eq!(o.bytes, [b'w', 1], "{which:?}");
+        stop_queued_behind_its_registration(&d, b"racy", Duration::from_secs(5), which);
     }
+}
+
+/// Freeze daemon `d`, queue an ALIVE2 for `name` and then a STOP_REQ for
+/// it, resume it: the STOP is answered, the node gets its reply and then
+/// its connection closes, and the name is no longer registered.
+fn stop_queued_behind_its_registration(d: &Daemon, name: &[u8], limit: Duration, which: Impl) {
+    let signal = |sig| {
+        // SAFETY: kill(2) on our own child process.
+        assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    // The kernel completes both handshakes while the daemon is stopped,
+    // and it accepts them in order: the registration is made first.
+    let mut node = connect(d.port);
+    node.write_all(&alive2(name, 4200, 6, b"")).expect("ALIVE2");
+    let mut stop = connect(d.port);
+    let mut req = b"s".to_vec();
+    req.extend_from_slice(name);
+    stop.write_all(&frame(&req)).expect("STOP");
+    signal(libc::SIGCONT);
+    let o = read_reply(&mut stop, limit);
+    assert_eq!(o.bytes, b"STOPPED", "{which:?}");
+    let o = read_reply(&mut node, limit);
+    assert_eq!(o.bytes.get(..2), Some(&[b'v', 0][..]), "{which:?}: {o:?}");
+    assert!(
+        o.closed,
+        "{which:?}: the stopped node's connection stays open: {o:?}"
+    );
+    let o = exchange(d.port, &port_please(name));
+    assert_eq!(o.bytes, [b'w', 1], "{which:?}");
 }
 
 /// Many registrations held at once, ended every way a held connection can
@@ -537,25 +546,6 @@ fn many_registrations_held_and_ended_keep_the_registry_consistent() {
 #[test]
 fn stop_while_the_registration_reply_waits_closes_it_after_the_reply() {
     let d = Daemon::start(Impl::Kube, &["-relaxed_command_check", "-delay_write", "1"]);
-    let signal = |sig| {
-        // SAFETY: kill(2) on our own child process.
-        assert_eq!(unsafe { libc::kill(d.pid() as i32, sig) }, 0);
-    };
-    // Both requests queued while the daemon is frozen: it accepts them in
-    // order, so the registration is made before the STOP is handled, and
-    // both replies then wait a second.
-    signal(libc::SIGSTOP);
-    let mut node = connect(d.port);
-    node.write_all(&alive2(b"late", 4200, 6, b""))
-        .expect("ALIVE2");
-    let mut stop = connect(d.port);
-    stop.write_all(&frame(b"slate")).expect("STOP");
-    signal(libc::SIGCONT);
-    let o = read_reply(&mut stop, EVENT_LIMIT);
-    assert_eq!(o.bytes, b"STOPPED");
-    let o = read_reply(&mut node, EVENT_LIMIT);
-    assert_eq!(o.bytes.get(..2), Some(&[b'v', 0][..]), "{o:?}");
-    assert!(o.closed, "the stopped node's connection stays open: {o:?}");
-    let o = exchange(d.port, &port_please(b"late"));
-    assert_eq!(o.bytes, [b'w', 1]);
+    // Both replies then wait a second; the STOP is handled meanwhile.
+    stop_queued_behind_its_registration(&d, b"late", EVENT_LIMIT, Impl::Kube);
 }
