@@ -11,8 +11,9 @@
 //! One cluster goes through the events in sequence (start-up is the
 //! slowest part, so it is shared): parallel first start in reversed order,
 //! one pod deleted, all deleted at once, all stopped one after another with
-//! a user registered after chat-0 stopped, a rolling update, a lost volume,
-//! scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
+//! a user registered after chat-0 stopped, all down with chat-0's volume
+//! lost (chat-0 first, then a machine failure under chat-1 and chat-2), a
+//! rolling update, a lost volume, scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
 //! exactly the expected nodes, the schema (Mnesia `db_nodes`, read by an
 //! independent `erl` probe) too, and users registered before exist.
 
@@ -425,6 +426,20 @@ impl Chat {
         }
     }
 
+    /// The machine under pods `ks` fails: every process of every pod
+    /// stops at the same instant (all frozen first, so no node sees another
+    /// go down), then dies; the pods leave the API, to be created again
+    /// elsewhere with their volumes.
+    async fn machine_failure(&mut self, ks: &[usize]) {
+        for &k in ks {
+            self.c.pods[k].ns.freeze_all();
+        }
+        self.crash(ks).await;
+        for &k in ks {
+            self.c.api.delete_pod(K8S_NS, &pod_name(k));
+        }
+    }
+
     /// The kubelet restarts the crashed containers of pods `ks`: the
     /// sidecar first (native sidecar), then ejabberd; /tmp is kept.
     async fn restart_containers(&mut self, ks: &[usize]) -> Result<(), String> {
@@ -685,6 +700,44 @@ async fn lifecycle() -> Result<(), String> {
     report!(
         "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
          user {:?} after recreation ({:?} with the stops)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1d) All pods down and chat-0's volume lost with them: chat-0 goes
+    // first (deleted), a user is registered, then the machine under chat-1
+    // and chat-2 fails, taking chat-0's volume too (or: chat-0's claim
+    // deleted during a scale to 0). All three come back at once, chat-0
+    // empty. chat-1 and chat-2 hold every user but wait for each other's
+    // tables (neither saw the other go), and chat-0 will never come back as
+    // a holder: no node may stay waiting, and no manual step.
+    let t = Instant::now();
+    chat.delete(&[0]).await?;
+    chat.register(1, "after_chat0_gone").await?;
+    users.push("after_chat0_gone".into());
+    // Read back from both first, as a client would have (see (1c)).
+    chat.users_everywhere(&[1, 2], &users).await?;
+    chat.machine_failure(&[1, 2]).await;
+    chat.empty_volume(0)?;
+    let seen0 = chat.log(0).len();
+    let t_recreate = Instant::now();
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    let since = chat.log(0).get(seen0..).unwrap_or_default().to_string();
+    check(
+        since.contains("loads its own copy")
+            && since.contains("removing the stale entry")
+            && since.contains("joined the cluster through")
+            && !since.contains("seeds a new cluster"),
+        || format!("chat-0 (empty volume) did not get the others loaded and join:\n{since}"),
+    )?;
+    report!(
+        "lifecycle: chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
+         full cluster with every user {:?} after recreation (list_cluster full {d:?} after the \
+         last Ready; {:?} with the stops)",
         t_recreate.elapsed(),
         t.elapsed()
     );

@@ -27,12 +27,18 @@
 #   - no marker (a new node, or a lost volume): first, if a running member
 #     still lists this node in its schema (lost volume), that member drops the
 #     stale entry (`ejabberdctl --node MEMBER leave_cluster US`, which for a
-#     node that is not running is Mnesia's del_table_copy(schema, US)). Then
-#     start ejabberd empty and join a member of the established cluster (a
+#     node that is not running is Mnesia's del_table_copy(schema, US)); pods
+#     of higher ordinals that do not answer yet get up to LOAD_GRACE seconds
+#     to come up first. When the members that list us all wait for each
+#     other's tables and each saw us go down before it (all pods went down,
+#     ours first, and our volume is gone), the lowest of them loads its own
+#     copy (see members_wait_for_each_other). Then start ejabberd empty and
+#     join a member of the established cluster (a
 #     node whose Mnesia knows more nodes than itself). Only ordinal 0 seeds a
 #     new cluster, and only when every other listed pod answers, every pod
 #     the replicas file counts is among them, and none belongs to a cluster;
-#     the others join ordinal 0 in that case. Whoever
+#     the others join ordinal 0 in that case. A member found listing us
+#     after ejabberd started: stop it, drop the entry, start again. Whoever
 #     cannot decide keeps asking, then exits 1 after CLUSTER_JOIN_TIMEOUT so
 #     the container restarts: never a second cluster beside a live one.
 #   - while running, a background loop removes from the schema every node of
@@ -69,6 +75,9 @@ JOIN_TIMEOUT=${CLUSTER_JOIN_TIMEOUT:-300}
 PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
 LOAD_GRACE=${CLUSTER_LOAD_GRACE:-15}
 HOLD_MAX=${CLUSTER_HOLD_MAX:-120}
+# Rounds (3 s apart) a member may list us without us being in its cluster
+# before we take the entry for a stale one (a join takes a second or two).
+STALE_ROUNDS=4
 CTL=${EJABBERDCTL:-ejabberdctl}
 CTL_CONFIG_DIR=${CONFIG_DIR:-/opt/ejabberd/conf}
 
@@ -248,7 +257,14 @@ ok = Wait(20),
 Tables = rpc:call(Me, mnesia, system_info, [local_tables], 10000),
 [io:format("~s ~p~n", [T, rpc:call(Me, mnesia, force_load_table, [T], 30000)]) || T <- Tables]'
 
-# Field $2.. of a query line, as words.
+# "NODE true|false" per node named after the first: whether that node's
+# Mnesia recorded the first one going down (mnesia_recover keeps these
+# records across restarts until the two meet again; Mnesia itself uses them
+# at boot to decide who holds the newest copy).
+SAW_DOWN='
+[Gone | Ps] = [list_to_atom(A) || A <- init:get_plain_arguments()],
+[io:format("~s ~p~n", [P, rpc:call(P, mnesia_recover, has_mnesia_down, [Gone], 10000)]) || P <- Ps]'
+
 has_node() { # LIST(comma-separated) NODE
     case ",$1," in *",$2,"*) return 0 ;; esac
     return 1
@@ -327,18 +343,31 @@ mark_clustered() {
 
 # A member that still lists us (we came back with an empty volume) drops
 # the stale entry while our node is not running; retried until no running
-# member lists us, or the deadline.
+# member lists us, or the deadline. A listed pod of a higher ordinal whose
+# node does not answer yet (or has no Mnesia yet) may be a member too (all
+# pods recreated at once): it gets up to LOAD_GRACE seconds before we start
+# without asking it; cluster_once catches an entry found later. Only higher
+# ordinals: at a first start every pod is here without a volume, and two
+# pods waiting for each other would both wait the whole grace.
 drop_stale_self() {
+    unsure_until=$(($(date +%s) + LOAD_GRACE))
+    since_waiting=
     while [ "$stopping" = 0 ]; do
         others=$(peers)
         [ -n "$others" ] || return 0
         via=
         booting=0
-        for line in $(query $others | tr ' ' '|'); do
+        unsure=0
+        info=$(query $others) || info=
+        for line in $(echo "$info" | tr ' ' '|'); do
             IFS='|' read -r node state db _run <<EOF
 $line
 EOF
-            [ "$state" = down ] && continue
+            if [ "$state" = down ] || { [ "$state" = starting ] && ! has_node "$db" "$me"; }; then
+                o=$(ordinal_of "$node")
+                [ -n "$o" ] && [ "$o" -gt "$ordinal" ] && unsure=1
+                continue
+            fi
             has_node "$db" "$me" || continue
             if [ "$state" = started ]; then
                 [ -n "$via" ] || via=$node
@@ -352,13 +381,55 @@ EOF
             log "$via still lists $me (empty volume): removing the stale entry there"
             ctl --node "$via" leave_cluster "$me" || pause 3
         elif [ "$booting" = 1 ]; then
+            if members_wait_for_each_other "$info"; then
+                since_waiting=${since_waiting:-$(date +%s)}
+                if [ $(($(date +%s) - since_waiting)) -ge "$LOAD_GRACE" ]; then
+                    first=$(echo "$waiters" | LC_ALL=C sort | head -n 1)
+                    log "every member waits for tables, none for $me (each saw it go down first): $first loads its own copy, as Mnesia would with $me back"
+                    erl_eval "$FORCE_LOAD" "$first" >&2 || log "force-load in $first failed; retrying"
+                    since_waiting=
+                fi
+            else
+                since_waiting=
+            fi
             pause 3
+        elif [ "$unsure" = 1 ] && [ "$(date +%s)" -lt "$unsure_until" ]; then
+            pause 1
         else
             return 0
         fi
         [ "$(date +%s)" -lt "$deadline" ] || return 1
     done
     return 1
+}
+
+# All members came back while our volume was lost, and they wait for each
+# other's tables (they went down together, none saw another go): Mnesia
+# would have the lowest of all load its own copy once every holder runs
+# ("orphan" tables), but our empty node never comes back as a holder. True
+# (with the members in $waiters) when every other node of their schema
+# answers, waits for tables, and saw us go down before it: then our lost
+# copy was not the newest, and loading the lowest member's copy is what
+# Mnesia itself would do. Otherwise we may have gone down last with data no
+# one else has: that is force-load's case, for a human (see the top).
+members_wait_for_each_other() {
+    waiters=$(echo "$1" | awk -v me="$me" '
+        {
+            n = split($3, a, ",")
+            for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
+            if (mine) for (i = 1; i <= n; i++) if (a[i] != me) print a[i]
+            mine = 0
+        }' | LC_ALL=C sort -u)
+    [ -n "$waiters" ] || return 1
+    for n in $waiters; do
+        echo "$1" | grep -q "^$n waiting " || return 1
+    done
+    # shellcheck disable=SC2086
+    saw=$(erl_eval "$SAW_DOWN" "$me" $waiters) || return 1
+    for n in $waiters; do
+        echo "$saw" | grep -q "^$n true\$" || return 1
+    done
+    return 0
 }
 
 # A restart of the node Mnesia would let load its own copy when nobody has
@@ -431,6 +502,7 @@ cluster_once() {
         target=
         seed_ok=1
         zero=
+        listed_by=
         for line in $(echo "$info" | tr ' ' '|'); do
             IFS='|' read -r node state db run <<EOF
 $line
@@ -450,12 +522,11 @@ EOF
             fi
             if has_node "$db" "$me"; then
                 # It lists us but we are not in its cluster: it is joining
-                # us right now (we will see it next round), or it came up
-                # after drop_stale_self and still has a stale entry: then
-                # start over (the container restarts and drops it first).
+                # us right now (we will see it next round), or it still has
+                # the entry of our lost volume (it came up after
+                # drop_stale_self looked: all pods recreated at once).
                 seed_ok=0
-                stale=$((stale + 1))
-                [ "$stale" -lt 10 ] || fail "$node lists $me in its schema but we are not in its cluster: restarting"
+                listed_by=$node
                 continue
             fi
             if [ "$(count_nodes "$db")" -gt 1 ]; then
@@ -465,6 +536,24 @@ EOF
                 zero=$node
             fi
         done
+        if [ -n "$listed_by" ]; then
+            stale=$((stale + 1))
+        else
+            stale=0
+        fi
+        if [ "$stale" -ge "$STALE_ROUNDS" ]; then
+            # A stale entry: a member's leave_cluster of a node that answers
+            # asks that node to leave, which our empty node cannot; it
+            # drops the entry only while we are down. So stop, drop, start
+            # again empty.
+            log "$listed_by still lists $me but we are not in its cluster: stopping $me to drop the stale entry"
+            stop_vm
+            drop_stale_self || return 1
+            [ "$stopping" = 0 ] || return 1
+            start_vm
+            stale=0
+            continue
+        fi
         # A new cluster (seeded by ordinal 0, joined by the others) also
         # needs every pod the StatefulSet wants to answer, when kube-epmd
         # says how many: a pod not created yet may hold the cluster.
