@@ -257,13 +257,16 @@ ok = Wait(20),
 Tables = rpc:call(Me, mnesia, system_info, [local_tables], 10000),
 [io:format("~s ~p~n", [T, rpc:call(Me, mnesia, force_load_table, [T], 30000)]) || T <- Tables]'
 
-# "NODE true|false" per node named after the first: whether that node's
-# Mnesia recorded the first one going down (mnesia_recover keeps these
-# records across restarts until the two meet again; Mnesia itself uses them
-# at boot to decide who holds the newest copy).
+# "NODE SEEN" per node named after the first: SEEN (comma-separated, maybe
+# empty) are the nodes named, the first included, that NODE's Mnesia saw go
+# down (mnesia_recover keeps these records across restarts until the two
+# meet again; at boot a node loads its own copy when it saw every other
+# holder go, else it waits).
 SAW_DOWN='
-[Gone | Ps] = [list_to_atom(A) || A <- init:get_plain_arguments()],
-[io:format("~s ~p~n", [P, rpc:call(P, mnesia_recover, has_mnesia_down, [Gone], 10000)]) || P <- Ps]'
+Ns = [list_to_atom(A) || A <- init:get_plain_arguments()],
+Saw = fun(P, N) -> rpc:call(P, mnesia_recover, has_mnesia_down, [N], 10000) =:= true end,
+[io:format("~s ~s~n", [P, string:join([atom_to_list(N) || N <- Ns, N =/= P, Saw(P, N)], ",")])
+ || P <- tl(Ns)]'
 
 has_node() { # LIST(comma-separated) NODE
     case ",$1," in *",$2,"*) return 0 ;; esac
@@ -382,10 +385,11 @@ EOF
             ctl --node "$via" leave_cluster "$me" || pause 3
         elif [ "$booting" = 1 ]; then
             if members_wait_for_each_other "$info"; then
+                # Twice in a row, to act on members settled in waiting.
                 since_waiting=${since_waiting:-$(date +%s)}
-                if [ $(($(date +%s) - since_waiting)) -ge "$LOAD_GRACE" ]; then
+                if [ $(($(date +%s) - since_waiting)) -ge 3 ]; then
                     first=$(echo "$waiters" | LC_ALL=C sort | head -n 1)
-                    log "every member waits for tables, none for $me (each saw it go down first): $first loads its own copy, as Mnesia would with $me back"
+                    log "the members wait for each other's tables, none for $me (each saw it go down) and none went down last: $first loads its own copy, as Mnesia would with $me back"
                     erl_eval "$FORCE_LOAD" "$first" >&2 || log "force-load in $first failed; retrying"
                     since_waiting=
                 fi
@@ -408,10 +412,12 @@ EOF
 # would have the lowest of all load its own copy once every holder runs
 # ("orphan" tables), but our empty node never comes back as a holder. True
 # (with the members in $waiters) when every other node of their schema
-# answers, waits for tables, and saw us go down before it: then our lost
-# copy was not the newest, and loading the lowest member's copy is what
-# Mnesia itself would do. Otherwise we may have gone down last with data no
-# one else has: that is force-load's case, for a human (see the top).
+# answers and waits for tables, each saw us go down before it (our lost
+# copy was not the newest), and none saw all the others go (that one would
+# load its own copy by itself: it went down last). Then loading the lowest
+# member's copy is what Mnesia itself would do. If a member did not see us
+# go, we may have gone down last with data no one else has: that is
+# force-load's case, for a human (see the top).
 members_wait_for_each_other() {
     waiters=$(echo "$1" | awk -v me="$me" '
         {
@@ -427,7 +433,13 @@ members_wait_for_each_other() {
     # shellcheck disable=SC2086
     saw=$(erl_eval "$SAW_DOWN" "$me" $waiters) || return 1
     for n in $waiters; do
-        echo "$saw" | grep -q "^$n true\$" || return 1
+        seen=$(echo "$saw" | awk -v n="$n" '$1 == n { print $2 }')
+        has_node "$seen" "$me" || return 1
+        last=1
+        for m in $waiters; do
+            [ "$m" = "$n" ] || has_node "$seen" "$m" || last=0
+        done
+        [ "$last" = 0 ] || return 1
     done
     return 0
 }
