@@ -28,8 +28,8 @@
 #     still lists this node in its schema (lost volume), that member drops the
 #     stale entry (`ejabberdctl --node MEMBER leave_cluster US`, which for a
 #     node that is not running is Mnesia's del_table_copy(schema, US)); pods
-#     of higher ordinals that do not answer yet get up to LOAD_GRACE seconds
-#     to come up first. When the members that list us all wait for each
+#     that do not answer yet get up to LOAD_GRACE seconds to come up first,
+#     except those without a database either (see beacon_start). When the members that list us all wait for each
 #     other's tables and each saw us go down before it (all pods went down,
 #     ours first, and our volume is gone), the lowest of them loads its own
 #     copy (see members_wait_for_each_other). Then start ejabberd empty and
@@ -171,40 +171,68 @@ find_erl() {
     command -v erl
 }
 
+# exec a hidden Erlang node named $1 (NAME@our host) with the arguments
+# after it, as ejabberdctl would start one.
+hidden_erl() {
+    name=$1
+    shift
+    ERL_OPTIONS=
+    FIREWALL_WINDOW=
+    # shellcheck disable=SC1091
+    [ -r "$CTL_CONFIG_DIR/ejabberdctl.cfg" ] && . "$CTL_CONFIG_DIR/ejabberdctl.cfg"
+    erl=$(find_erl) || { log "no erl found (set CLUSTER_ERL)"; exit 127; }
+    # The image's ejabberdctl writes ERLANG_COOKIE to this file on first
+    # use; we may run before it did.
+    if [ -n "${ERLANG_COOKIE:-}" ] && [ ! -f "$HOME/.erlang.cookie" ]; then
+        (umask 077 && echo "$ERLANG_COOKIE" > "$HOME/.erlang.cookie")
+    fi
+    case $own_host in *.*) flag=-name ;; *) flag=-sname ;; esac
+    window=
+    if [ -n "$FIREWALL_WINDOW" ]; then
+        window="-kernel inet_dist_listen_min ${FIREWALL_WINDOW%-*} inet_dist_listen_max ${FIREWALL_WINDOW#*-}"
+    fi
+    export ERL_INETRC="$CTL_CONFIG_DIR/inetrc"
+    cd / || exit 1
+    # shellcheck disable=SC2086
+    exec "$erl" $flag "$name@$own_host" -hidden -noinput -noshell \
+        -start_epmd false $window $ERL_OPTIONS "$@"
+}
+
 # Run Erlang expression $1 on a short-lived hidden node (plain arguments
 # after it in init:get_plain_arguments()); bounded to 60 s.
 erl_eval() {
     expr=$1
     shift
     (
-        ERL_OPTIONS=
-        FIREWALL_WINDOW=
-        # shellcheck disable=SC1091
-        [ -r "$CTL_CONFIG_DIR/ejabberdctl.cfg" ] && . "$CTL_CONFIG_DIR/ejabberdctl.cfg"
-        erl=$(find_erl) || { log "no erl found (set CLUSTER_ERL)"; exit 127; }
-        # The image's ejabberdctl writes ERLANG_COOKIE to this file on first
-        # use; we may run before it did.
-        if [ -n "${ERLANG_COOKIE:-}" ] && [ ! -f "$HOME/.erlang.cookie" ]; then
-            (umask 077 && echo "$ERLANG_COOKIE" > "$HOME/.erlang.cookie")
-        fi
-        case $own_host in *.*) flag=-name ;; *) flag=-sname ;; esac
         id=$(cut -c1-8 /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$")
-        window=
-        if [ -n "$FIREWALL_WINDOW" ]; then
-            window="-kernel inet_dist_listen_min ${FIREWALL_WINDOW%-*} inet_dist_listen_max ${FIREWALL_WINDOW#*-}"
-        fi
-        export ERL_INETRC="$CTL_CONFIG_DIR/inetrc"
-        cd / || exit 1
-        # shellcheck disable=SC2086
-        exec "$erl" $flag "cluster-$id-$node_prefix@$own_host" -hidden -noinput -noshell \
-            -start_epmd false $window $ERL_OPTIONS \
+        hidden_erl "cluster-$id-$node_prefix" \
             -eval "spawn(fun() -> receive after 60000 -> halt(124) end end), $expr, halt(0)" \
             -eval 'halt(2)' -extra "$@"
     )
 }
 
+# While this pod has no database and its ejabberd is not running yet, a
+# hidden node named cluster-empty-NODE tells the other pods so (the query
+# prints "NODE empty"): they need not wait for this node to come up, it
+# holds no copy of anything.
+# It runs nothing (-noshell keeps it up). It holds no state, so it is
+# killed outright: a node still booting would defer a graceful stop.
+beacon_pid=
+beacon_start() {
+    [ -z "$beacon_pid" ] || return 0
+    (hidden_erl "cluster-empty-$node_prefix") &
+    beacon_pid=$!
+}
+beacon_stop() {
+    [ -n "$beacon_pid" ] || return 0
+    kill -KILL "$beacon_pid" 2>/dev/null
+    wait "$beacon_pid" 2>/dev/null
+    beacon_pid=
+}
+
 # One line per node named in the arguments:
 #   NODE down
+#   NODE empty      (down, its pod has no database yet: see beacon_start)
 #   NODE STATE DB_NODES RUNNING_DB_NODES   (comma-separated, "-" if none)
 # STATE: starting (VM up, Mnesia not running yet), waiting (Mnesia runs,
 # some local table not loaded: it waits for other nodes), loaded (every
@@ -216,7 +244,12 @@ F = fun(L) when is_list(L), L =/= [] -> string:join([atom_to_list(N) || N <- L],
 C = fun(P, M, F1, A) -> rpc:call(P, M, F1, A, 10000) end,
 Q = fun(P) ->
         case net_adm:ping(P) of
-            pang -> io:format("~s down~n", [P]);
+            pang ->
+                Empty = list_to_atom("cluster-empty-" ++ atom_to_list(P)),
+                case net_adm:ping(Empty) of
+                    pong -> io:format("~s empty~n", [P]);
+                    pang -> io:format("~s down~n", [P])
+                end;
             pong ->
                 Db = C(P, mnesia, system_info, [db_nodes]),
                 Run = C(P, mnesia, system_info, [running_db_nodes]),
@@ -319,6 +352,7 @@ stop_vm() {
 fail() {
     log "$*"
     [ -z "$prune_pid" ] || kill "$prune_pid" 2>/dev/null
+    beacon_stop
     stop_vm
     exit 1
 }
@@ -346,12 +380,13 @@ mark_clustered() {
 
 # A member that still lists us (we came back with an empty volume) drops
 # the stale entry while our node is not running; retried until no running
-# member lists us, or the deadline. A listed pod of a higher ordinal whose
-# node does not answer yet (or has no Mnesia yet) may be a member too (all
-# pods recreated at once): it gets up to LOAD_GRACE seconds before we start
-# without asking it; cluster_once catches an entry found later. Only higher
-# ordinals: at a first start every pod is here without a volume, and two
-# pods waiting for each other would both wait the whole grace.
+# member lists us, or the deadline. A listed pod whose node does not answer
+# yet (or has no Mnesia yet) may be a member too (all pods recreated at
+# once): our empty ejabberd must not run when it starts Mnesia (its Mnesia
+# would refuse to merge our new schema: "Incompatible schema cookies"). It
+# gets up to LOAD_GRACE seconds before we start without asking it;
+# cluster_once catches an entry found later. A pod that is here without a
+# database too says so (beacon_start): no need to wait for it.
 drop_stale_self() {
     unsure_until=$(($(date +%s) + LOAD_GRACE))
     since_waiting=
@@ -366,9 +401,9 @@ drop_stale_self() {
             IFS='|' read -r node state db _run <<EOF
 $line
 EOF
+            [ "$state" = empty ] && continue
             if [ "$state" = down ] || { [ "$state" = starting ] && ! has_node "$db" "$me"; }; then
-                o=$(ordinal_of "$node")
-                [ -n "$o" ] && [ "$o" -gt "$ordinal" ] && unsure=1
+                unsure=1
                 continue
             fi
             has_node "$db" "$me" || continue
@@ -472,6 +507,10 @@ hold_if_lowest() {
                 if (mine) for (i = 1; i <= n; i++) print a[i]
                 mine = 0
             }' | LC_ALL=C sort -u)
+        # A pod here without a database holds no copy (a lost volume).
+        for n in $(echo "$info" | awk '$2 == "empty" { print $1 }'); do
+            known=$(echo "$known" | grep -vxF "$n")
+        done
         lowest=$(printf '%s\n%s\n' "$me" "$known" | grep . | LC_ALL=C sort | head -n 1)
         [ "$lowest" = "$me" ] || return 0
         if echo "$info" | grep -Eq '^[^ ]+ (loaded|started) '; then
@@ -528,7 +567,7 @@ EOF
                 fi
                 continue
             fi
-            if [ "$state" = down ]; then
+            if [ "$state" = down ] || [ "$state" = empty ]; then
                 seed_ok=0
                 continue
             fi
@@ -560,7 +599,9 @@ EOF
             # again empty.
             log "$listed_by still lists $me but we are not in its cluster: stopping $me to drop the stale entry"
             stop_vm
+            beacon_start
             drop_stale_self || return 1
+            beacon_stop
             [ "$stopping" = 0 ] || return 1
             start_vm
             stale=0
@@ -575,7 +616,7 @@ EOF
             i=1
             while [ "$i" -lt "$want" ]; do
                 echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix " || seed_ok=0
-                echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix down" && seed_ok=0
+                echo "$info" | grep -Eq "^$node_prefix@$statefulset-$i$host_suffix (down|empty)\$" && seed_ok=0
                 i=$((i + 1))
             done
         fi
@@ -650,7 +691,7 @@ prune_loop() {
 run() {
     rm -f "$READY_FLAG"
     # SIGTERM from tini (pod deletion): stop ejabberd, then leave.
-    trap 'stopping=1; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; [ -n "$prune_pid" ] && kill "$prune_pid" 2>/dev/null; stop_vm; exit 0' TERM INT
+    trap 'stopping=1; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; [ -n "$prune_pid" ] && kill "$prune_pid" 2>/dev/null; beacon_stop; stop_vm; exit 0' TERM INT
 
     waited=0
     until own_entry_listed; do
@@ -667,7 +708,9 @@ run() {
         start_vm
         log "clustered before ($MARKER): Mnesia reconnects by itself"
     else
+        beacon_start
         drop_stale_self || fail "a member still lists $me and could not drop it: see above"
+        beacon_stop
         start_vm
         cluster_once || fail "could not join a cluster: see the peers above, or run 'ejabberdctl join_cluster' by hand"
     fi
