@@ -11,8 +11,9 @@
 //! One cluster goes through the events in sequence (start-up is the
 //! slowest part, so it is shared): parallel first start in reversed order,
 //! one pod deleted, all deleted at once, all stopped one after another with
-//! a user registered after chat-0 stopped, a rolling update, a lost volume,
-//! scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
+//! a user registered after chat-0 stopped, all down with chat-0's volume
+//! lost (chat-0 first, then a machine failure under chat-1 and chat-2), a
+//! rolling update, a lost volume, scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
 //! exactly the expected nodes, the schema (Mnesia `db_nodes`, read by an
 //! independent `erl` probe) too, and users registered before exist.
 
@@ -101,13 +102,14 @@ struct Chat {
 }
 
 impl Chat {
-    async fn new(n: usize) -> Result<Chat, String> {
+    /// `label` names the test's namespaces (one per test in a run).
+    async fn new(label: &str, n: usize) -> Result<Chat, String> {
         if !Path::new("/usr/sbin/ejabberdctl").exists() {
             return Err("needs Debian's ejabberd package (/usr/sbin/ejabberdctl)".into());
         }
         let busybox = busybox()?;
         let (uid, gid) = ids()?;
-        let mut c = Cluster::new("lc", n).await?;
+        let mut c = Cluster::new(label, n).await?;
         // As deploy/: kube-epmd reads the StatefulSet by name, and RBAC
         // allows nothing else (resourceNames: [chat]).
         c.sidecar_args = vec!["--statefulset".into(), "chat".into()];
@@ -425,6 +427,20 @@ impl Chat {
         }
     }
 
+    /// The machine under pods `ks` fails: every process of every pod
+    /// stops at the same instant (all frozen first, so no node sees another
+    /// go down), then dies; the pods leave the API, to be created again
+    /// elsewhere with their volumes.
+    async fn machine_failure(&mut self, ks: &[usize]) {
+        for &k in ks {
+            self.c.pods[k].ns.freeze_all();
+        }
+        self.crash(ks).await;
+        for &k in ks {
+            self.c.api.delete_pod(K8S_NS, &pod_name(k));
+        }
+    }
+
     /// The kubelet restarts the crashed containers of pods `ks`: the
     /// sidecar first (native sidecar), then ejabberd; /tmp is kept.
     async fn restart_containers(&mut self, ks: &[usize]) -> Result<(), String> {
@@ -613,7 +629,7 @@ const PRUNED: &str = "leaves the cluster's schema";
 
 async fn lifecycle() -> Result<(), String> {
     let t_all = Instant::now();
-    let mut chat = Chat::new(3).await?;
+    let mut chat = Chat::new("lc", 3).await?;
     let mut users: Vec<String> = Vec::new();
 
     // (6) First start on empty volumes, all pods at once, highest first.
@@ -685,6 +701,44 @@ async fn lifecycle() -> Result<(), String> {
     report!(
         "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
          user {:?} after recreation ({:?} with the stops)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+
+    // (1d) All pods down and chat-0's volume lost with them: chat-0 goes
+    // first (deleted), a user is registered, then the machine under chat-1
+    // and chat-2 fails, taking chat-0's volume too (or: chat-0's claim
+    // deleted during a scale to 0). All three come back at once, chat-0
+    // empty. chat-1 and chat-2 hold every user but wait for each other's
+    // tables (neither saw the other go), and chat-0 will never come back as
+    // a holder: no node may stay waiting, and no manual step.
+    let t = Instant::now();
+    chat.delete(&[0]).await?;
+    chat.register(1, "after_chat0_gone").await?;
+    users.push("after_chat0_gone".into());
+    // Read back from both first, as a client would have (see (1c)).
+    chat.users_everywhere(&[1, 2], &users).await?;
+    chat.machine_failure(&[1, 2]).await;
+    chat.empty_volume(0)?;
+    let seen0 = chat.log(0).len();
+    let t_recreate = Instant::now();
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    let since = chat.log(0).get(seen0..).unwrap_or_default().to_string();
+    check(
+        since.contains("loads its own copy")
+            && since.contains("removing the stale entry")
+            && since.contains("joined the cluster through")
+            && !since.contains("seeds a new cluster"),
+        || format!("chat-0 (empty volume) did not get the others loaded and join:\n{since}"),
+    )?;
+    report!(
+        "lifecycle: chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
+         full cluster with every user {:?} after recreation (list_cluster full {d:?} after the \
+         last Ready; {:?} with the stops)",
         t_recreate.elapsed(),
         t.elapsed()
     );
@@ -933,4 +987,61 @@ async fn lifecycle_ejabberd_events() {
     crate::support::prereq::ejabberd();
     crate::support::prereq::busybox();
     run("lifecycle ejabberd events", lifecycle()).await;
+}
+
+/// All pods down and a higher ordinal's volume lost with them: chat-0 goes
+/// first, a user is registered, chat-2 then chat-1 go; all three come back
+/// at once, chat-2 empty. chat-1 went down last and loads by itself, chat-0
+/// (the lowest) holds back until it has, and the empty chat-2 must not run
+/// ejabberd before the members that list it have booted (their Mnesia would
+/// refuse its new schema): it drops its stale entry and joins. A separate
+/// cluster, so that it runs beside the lifecycle sequence.
+async fn lost_higher_volume() -> Result<(), String> {
+    let mut chat = Chat::new("lv", 3).await?;
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.wait_replicas_file(&ALL, 3).await?;
+    let users: Vec<String> = vec!["before_all".into(), "after_chat0_gone".into()];
+    chat.register(0, &users[0]).await?;
+    let t = Instant::now();
+    chat.delete(&[0]).await?;
+    chat.register(1, &users[1]).await?;
+    chat.delete(&[2]).await?;
+    chat.delete(&[1]).await?;
+    chat.empty_volume(2)?;
+    let seen2 = chat.log(2).len();
+    let t_recreate = Instant::now();
+    chat.create(&[0, 1, 2]).await?;
+    chat.wait_all_ready(&ALL).await?;
+    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    let since = chat.log(2).get(seen2..).unwrap_or_default().to_string();
+    check(
+        since.contains("removing the stale entry") && since.contains("joined the cluster through"),
+        || format!("chat-2 (empty volume) did not drop its entry and join:\n{since}"),
+    )?;
+    report!(
+        "lifecycle: chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
+         cluster with every user {:?} after recreation (list_cluster full {d:?} after the last \
+         Ready; {:?} with the stops)",
+        t_recreate.elapsed(),
+        t.elapsed()
+    );
+    chat.delete(&ALL).await
+}
+
+/// All down with a higher ordinal's volume lost (see lost_higher_volume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_ejabberd,
+    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
+)]
+#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
+async fn lifecycle_lost_higher_volume() {
+    crate::support::prereq::ejabberd();
+    crate::support::prereq::busybox();
+    run("lifecycle lost higher volume", lost_higher_volume()).await;
 }

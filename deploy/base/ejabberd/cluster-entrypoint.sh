@@ -27,12 +27,18 @@
 #   - no marker (a new node, or a lost volume): first, if a running member
 #     still lists this node in its schema (lost volume), that member drops the
 #     stale entry (`ejabberdctl --node MEMBER leave_cluster US`, which for a
-#     node that is not running is Mnesia's del_table_copy(schema, US)). Then
-#     start ejabberd empty and join a member of the established cluster (a
+#     node that is not running is Mnesia's del_table_copy(schema, US)); pods
+#     that do not answer yet get up to LOAD_GRACE seconds to come up first,
+#     except those without a database either (see beacon_start). When the members that list us all wait for each
+#     other's tables and each saw us go down before it (all pods went down,
+#     ours first, and our volume is gone), the lowest of them loads its own
+#     copy (see members_wait_for_each_other). Then start ejabberd empty and
+#     join a member of the established cluster (a
 #     node whose Mnesia knows more nodes than itself). Only ordinal 0 seeds a
 #     new cluster, and only when every other listed pod answers, every pod
 #     the replicas file counts is among them, and none belongs to a cluster;
-#     the others join ordinal 0 in that case. Whoever
+#     the others join ordinal 0 in that case. A member found listing us
+#     after ejabberd started: stop it, drop the entry, start again. Whoever
 #     cannot decide keeps asking, then exits 1 after CLUSTER_JOIN_TIMEOUT so
 #     the container restarts: never a second cluster beside a live one.
 #   - while running, a background loop removes from the schema every node of
@@ -69,6 +75,9 @@ JOIN_TIMEOUT=${CLUSTER_JOIN_TIMEOUT:-300}
 PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
 LOAD_GRACE=${CLUSTER_LOAD_GRACE:-15}
 HOLD_MAX=${CLUSTER_HOLD_MAX:-120}
+# Rounds (3 s apart) a member may list us without us being in its cluster
+# before we take the entry for a stale one (a join takes a second or two).
+STALE_ROUNDS=4
 CTL=${EJABBERDCTL:-ejabberdctl}
 CTL_CONFIG_DIR=${CONFIG_DIR:-/opt/ejabberd/conf}
 
@@ -162,40 +171,68 @@ find_erl() {
     command -v erl
 }
 
+# exec a hidden Erlang node named $1 (NAME@our host) with the arguments
+# after it, as ejabberdctl would start one.
+hidden_erl() {
+    name=$1
+    shift
+    ERL_OPTIONS=
+    FIREWALL_WINDOW=
+    # shellcheck disable=SC1091
+    [ -r "$CTL_CONFIG_DIR/ejabberdctl.cfg" ] && . "$CTL_CONFIG_DIR/ejabberdctl.cfg"
+    erl=$(find_erl) || { log "no erl found (set CLUSTER_ERL)"; exit 127; }
+    # The image's ejabberdctl writes ERLANG_COOKIE to this file on first
+    # use; we may run before it did.
+    if [ -n "${ERLANG_COOKIE:-}" ] && [ ! -f "$HOME/.erlang.cookie" ]; then
+        (umask 077 && echo "$ERLANG_COOKIE" > "$HOME/.erlang.cookie")
+    fi
+    case $own_host in *.*) flag=-name ;; *) flag=-sname ;; esac
+    window=
+    if [ -n "$FIREWALL_WINDOW" ]; then
+        window="-kernel inet_dist_listen_min ${FIREWALL_WINDOW%-*} inet_dist_listen_max ${FIREWALL_WINDOW#*-}"
+    fi
+    export ERL_INETRC="$CTL_CONFIG_DIR/inetrc"
+    cd / || exit 1
+    # shellcheck disable=SC2086
+    exec "$erl" $flag "$name@$own_host" -hidden -noinput -noshell \
+        -start_epmd false $window $ERL_OPTIONS "$@"
+}
+
 # Run Erlang expression $1 on a short-lived hidden node (plain arguments
 # after it in init:get_plain_arguments()); bounded to 60 s.
 erl_eval() {
     expr=$1
     shift
     (
-        ERL_OPTIONS=
-        FIREWALL_WINDOW=
-        # shellcheck disable=SC1091
-        [ -r "$CTL_CONFIG_DIR/ejabberdctl.cfg" ] && . "$CTL_CONFIG_DIR/ejabberdctl.cfg"
-        erl=$(find_erl) || { log "no erl found (set CLUSTER_ERL)"; exit 127; }
-        # The image's ejabberdctl writes ERLANG_COOKIE to this file on first
-        # use; we may run before it did.
-        if [ -n "${ERLANG_COOKIE:-}" ] && [ ! -f "$HOME/.erlang.cookie" ]; then
-            (umask 077 && echo "$ERLANG_COOKIE" > "$HOME/.erlang.cookie")
-        fi
-        case $own_host in *.*) flag=-name ;; *) flag=-sname ;; esac
         id=$(cut -c1-8 /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$")
-        window=
-        if [ -n "$FIREWALL_WINDOW" ]; then
-            window="-kernel inet_dist_listen_min ${FIREWALL_WINDOW%-*} inet_dist_listen_max ${FIREWALL_WINDOW#*-}"
-        fi
-        export ERL_INETRC="$CTL_CONFIG_DIR/inetrc"
-        cd / || exit 1
-        # shellcheck disable=SC2086
-        exec "$erl" $flag "cluster-$id-$node_prefix@$own_host" -hidden -noinput -noshell \
-            -start_epmd false $window $ERL_OPTIONS \
+        hidden_erl "cluster-$id-$node_prefix" \
             -eval "spawn(fun() -> receive after 60000 -> halt(124) end end), $expr, halt(0)" \
             -eval 'halt(2)' -extra "$@"
     )
 }
 
+# While this pod has no database and its ejabberd is not running yet, a
+# hidden node named cluster-empty-NODE tells the other pods so (the query
+# prints "NODE empty"): they need not wait for this node to come up, it
+# holds no copy of anything.
+# It runs nothing (-noshell keeps it up). It holds no state, so it is
+# killed outright: a node still booting would defer a graceful stop.
+beacon_pid=
+beacon_start() {
+    [ -z "$beacon_pid" ] || return 0
+    (hidden_erl "cluster-empty-$node_prefix") &
+    beacon_pid=$!
+}
+beacon_stop() {
+    [ -n "$beacon_pid" ] || return 0
+    kill -KILL "$beacon_pid" 2>/dev/null
+    wait "$beacon_pid" 2>/dev/null
+    beacon_pid=
+}
+
 # One line per node named in the arguments:
 #   NODE down
+#   NODE empty      (down, its pod has no database yet: see beacon_start)
 #   NODE STATE DB_NODES RUNNING_DB_NODES   (comma-separated, "-" if none)
 # STATE: starting (VM up, Mnesia not running yet), waiting (Mnesia runs,
 # some local table not loaded: it waits for other nodes), loaded (every
@@ -207,7 +244,12 @@ F = fun(L) when is_list(L), L =/= [] -> string:join([atom_to_list(N) || N <- L],
 C = fun(P, M, F1, A) -> rpc:call(P, M, F1, A, 10000) end,
 Q = fun(P) ->
         case net_adm:ping(P) of
-            pang -> io:format("~s down~n", [P]);
+            pang ->
+                Empty = list_to_atom("cluster-empty-" ++ atom_to_list(P)),
+                case net_adm:ping(Empty) of
+                    pong -> io:format("~s empty~n", [P]);
+                    pang -> io:format("~s down~n", [P])
+                end;
             pong ->
                 Db = C(P, mnesia, system_info, [db_nodes]),
                 Run = C(P, mnesia, system_info, [running_db_nodes]),
@@ -248,7 +290,17 @@ ok = Wait(20),
 Tables = rpc:call(Me, mnesia, system_info, [local_tables], 10000),
 [io:format("~s ~p~n", [T, rpc:call(Me, mnesia, force_load_table, [T], 30000)]) || T <- Tables]'
 
-# Field $2.. of a query line, as words.
+# "NODE SEEN" per node named after the first: SEEN (comma-separated, maybe
+# empty) are the nodes named, the first included, that NODE's Mnesia saw go
+# down (mnesia_recover keeps these records across restarts until the two
+# meet again; at boot a node loads its own copy when it saw every other
+# holder go, else it waits).
+SAW_DOWN='
+Ns = [list_to_atom(A) || A <- init:get_plain_arguments()],
+Saw = fun(P, N) -> rpc:call(P, mnesia_recover, has_mnesia_down, [N], 10000) =:= true end,
+[io:format("~s ~s~n", [P, string:join([atom_to_list(N) || N <- Ns, N =/= P, Saw(P, N)], ",")])
+ || P <- tl(Ns)]'
+
 has_node() { # LIST(comma-separated) NODE
     case ",$1," in *",$2,"*) return 0 ;; esac
     return 1
@@ -300,6 +352,7 @@ stop_vm() {
 fail() {
     log "$*"
     [ -z "$prune_pid" ] || kill "$prune_pid" 2>/dev/null
+    beacon_stop
     stop_vm
     exit 1
 }
@@ -327,18 +380,32 @@ mark_clustered() {
 
 # A member that still lists us (we came back with an empty volume) drops
 # the stale entry while our node is not running; retried until no running
-# member lists us, or the deadline.
+# member lists us, or the deadline. A listed pod whose node does not answer
+# yet (or has no Mnesia yet) may be a member too (all pods recreated at
+# once): our empty ejabberd must not run when it starts Mnesia (its Mnesia
+# would refuse to merge our new schema: "Incompatible schema cookies"). It
+# gets up to LOAD_GRACE seconds before we start without asking it;
+# cluster_once catches an entry found later. A pod that is here without a
+# database too says so (beacon_start): no need to wait for it.
 drop_stale_self() {
+    unsure_until=$(($(date +%s) + LOAD_GRACE))
+    since_waiting=
     while [ "$stopping" = 0 ]; do
         others=$(peers)
         [ -n "$others" ] || return 0
         via=
         booting=0
-        for line in $(query $others | tr ' ' '|'); do
+        unsure=0
+        info=$(query $others) || info=
+        for line in $(echo "$info" | tr ' ' '|'); do
             IFS='|' read -r node state db _run <<EOF
 $line
 EOF
-            [ "$state" = down ] && continue
+            [ "$state" = empty ] && continue
+            if [ "$state" = down ] || { [ "$state" = starting ] && ! has_node "$db" "$me"; }; then
+                unsure=1
+                continue
+            fi
             has_node "$db" "$me" || continue
             if [ "$state" = started ]; then
                 [ -n "$via" ] || via=$node
@@ -352,13 +419,64 @@ EOF
             log "$via still lists $me (empty volume): removing the stale entry there"
             ctl --node "$via" leave_cluster "$me" || pause 3
         elif [ "$booting" = 1 ]; then
+            if members_wait_for_each_other "$info"; then
+                # Twice in a row, to act on members settled in waiting.
+                since_waiting=${since_waiting:-$(date +%s)}
+                if [ $(($(date +%s) - since_waiting)) -ge 3 ]; then
+                    first=$(echo "$waiters" | LC_ALL=C sort | head -n 1)
+                    log "the members wait for each other's tables, none for $me (each saw it go down) and none went down last: $first loads its own copy, as Mnesia would with $me back"
+                    erl_eval "$FORCE_LOAD" "$first" >&2 || log "force-load in $first failed; retrying"
+                    since_waiting=
+                fi
+            else
+                since_waiting=
+            fi
             pause 3
+        elif [ "$unsure" = 1 ] && [ "$(date +%s)" -lt "$unsure_until" ]; then
+            pause 1
         else
             return 0
         fi
         [ "$(date +%s)" -lt "$deadline" ] || return 1
     done
     return 1
+}
+
+# All members came back while our volume was lost, and they wait for each
+# other's tables (they went down together, none saw another go): Mnesia
+# would have the lowest of all load its own copy once every holder runs
+# ("orphan" tables), but our empty node never comes back as a holder. True
+# (with the members in $waiters) when every other node of their schema
+# answers and waits for tables, each saw us go down before it (our lost
+# copy was not the newest), and none saw all the others go (that one would
+# load its own copy by itself: it went down last). Then loading the lowest
+# member's copy is what Mnesia itself would do. If a member did not see us
+# go, we may have gone down last with data no one else has: that is
+# force-load's case, for a human (see the top).
+members_wait_for_each_other() {
+    waiters=$(echo "$1" | awk -v me="$me" '
+        {
+            n = split($3, a, ",")
+            for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
+            if (mine) for (i = 1; i <= n; i++) if (a[i] != me) print a[i]
+            mine = 0
+        }' | LC_ALL=C sort -u)
+    [ -n "$waiters" ] || return 1
+    for n in $waiters; do
+        echo "$1" | grep -q "^$n waiting " || return 1
+    done
+    # shellcheck disable=SC2086
+    saw=$(erl_eval "$SAW_DOWN" "$me" $waiters) || return 1
+    for n in $waiters; do
+        seen=$(echo "$saw" | awk -v n="$n" '$1 == n { print $2 }')
+        has_node "$seen" "$me" || return 1
+        last=1
+        for m in $waiters; do
+            [ "$m" = "$n" ] || has_node "$seen" "$m" || last=0
+        done
+        [ "$last" = 0 ] || return 1
+    done
+    return 0
 }
 
 # A restart of the node Mnesia would let load its own copy when nobody has
@@ -389,6 +507,10 @@ hold_if_lowest() {
                 if (mine) for (i = 1; i <= n; i++) print a[i]
                 mine = 0
             }' | LC_ALL=C sort -u)
+        # A pod here without a database holds no copy (a lost volume).
+        for n in $(echo "$info" | awk '$2 == "empty" { print $1 }'); do
+            known=$(echo "$known" | grep -vxF "$n")
+        done
         lowest=$(printf '%s\n%s\n' "$me" "$known" | grep . | LC_ALL=C sort | head -n 1)
         [ "$lowest" = "$me" ] || return 0
         if echo "$info" | grep -Eq '^[^ ]+ (loaded|started) '; then
@@ -431,6 +553,7 @@ cluster_once() {
         target=
         seed_ok=1
         zero=
+        listed_by=
         for line in $(echo "$info" | tr ' ' '|'); do
             IFS='|' read -r node state db run <<EOF
 $line
@@ -444,18 +567,17 @@ EOF
                 fi
                 continue
             fi
-            if [ "$state" = down ]; then
+            if [ "$state" = down ] || [ "$state" = empty ]; then
                 seed_ok=0
                 continue
             fi
             if has_node "$db" "$me"; then
                 # It lists us but we are not in its cluster: it is joining
-                # us right now (we will see it next round), or it came up
-                # after drop_stale_self and still has a stale entry: then
-                # start over (the container restarts and drops it first).
+                # us right now (we will see it next round), or it still has
+                # the entry of our lost volume (it came up after
+                # drop_stale_self looked: all pods recreated at once).
                 seed_ok=0
-                stale=$((stale + 1))
-                [ "$stale" -lt 10 ] || fail "$node lists $me in its schema but we are not in its cluster: restarting"
+                listed_by=$node
                 continue
             fi
             if [ "$(count_nodes "$db")" -gt 1 ]; then
@@ -465,6 +587,26 @@ EOF
                 zero=$node
             fi
         done
+        if [ -n "$listed_by" ]; then
+            stale=$((stale + 1))
+        else
+            stale=0
+        fi
+        if [ "$stale" -ge "$STALE_ROUNDS" ]; then
+            # A stale entry: a member's leave_cluster of a node that answers
+            # asks that node to leave, which our empty node cannot; it
+            # drops the entry only while we are down. So stop, drop, start
+            # again empty.
+            log "$listed_by still lists $me but we are not in its cluster: stopping $me to drop the stale entry"
+            stop_vm
+            beacon_start
+            drop_stale_self || return 1
+            beacon_stop
+            [ "$stopping" = 0 ] || return 1
+            start_vm
+            stale=0
+            continue
+        fi
         # A new cluster (seeded by ordinal 0, joined by the others) also
         # needs every pod the StatefulSet wants to answer, when kube-epmd
         # says how many: a pod not created yet may hold the cluster.
@@ -474,7 +616,7 @@ EOF
             i=1
             while [ "$i" -lt "$want" ]; do
                 echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix " || seed_ok=0
-                echo "$info" | grep -q "^$node_prefix@$statefulset-$i$host_suffix down" && seed_ok=0
+                echo "$info" | grep -Eq "^$node_prefix@$statefulset-$i$host_suffix (down|empty)\$" && seed_ok=0
                 i=$((i + 1))
             done
         fi
@@ -549,7 +691,7 @@ prune_loop() {
 run() {
     rm -f "$READY_FLAG"
     # SIGTERM from tini (pod deletion): stop ejabberd, then leave.
-    trap 'stopping=1; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; [ -n "$prune_pid" ] && kill "$prune_pid" 2>/dev/null; stop_vm; exit 0' TERM INT
+    trap 'stopping=1; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; [ -n "$prune_pid" ] && kill "$prune_pid" 2>/dev/null; beacon_stop; stop_vm; exit 0' TERM INT
 
     waited=0
     until own_entry_listed; do
@@ -566,7 +708,9 @@ run() {
         start_vm
         log "clustered before ($MARKER): Mnesia reconnects by itself"
     else
+        beacon_start
         drop_stale_self || fail "a member still lists $me and could not drop it: see above"
+        beacon_stop
         start_vm
         cluster_once || fail "could not join a cluster: see the peers above, or run 'ejabberdctl join_cluster' by hand"
     fi
