@@ -453,6 +453,28 @@ impl Chat {
         Ok(())
     }
 
+    /// Pod `k`'s volume emptied while every pod is down, then all pods
+    /// recreated at once: wait for every pod Ready, every node in every
+    /// `list_cluster`, the schema of exactly all nodes and `users` on every
+    /// node. Returns pod `k`'s log since the recreation, how long the full
+    /// cluster took after the last Ready, and since the recreation.
+    async fn recreate_all_with_empty_volume(
+        &mut self,
+        k: usize,
+        users: &[String],
+    ) -> Result<(String, Duration, Duration), String> {
+        self.empty_volume(k)?;
+        let seen = self.log(k).len();
+        let t = Instant::now();
+        self.create(&ALL).await?;
+        self.wait_all_ready(&ALL).await?;
+        let full = self.wait_full(&ALL, FULL_LIMIT).await?;
+        self.schema_is(&ALL).await?;
+        self.users_everywhere(&ALL, users).await?;
+        let since = self.log(k).get(seen..).unwrap_or_default().to_string();
+        Ok((since, full, t.elapsed()))
+    }
+
     fn log(&self, k: usize) -> String {
         std::fs::read_to_string(&self.pods[k].log).unwrap_or_default()
     }
@@ -719,15 +741,7 @@ async fn lifecycle() -> Result<(), String> {
     // Read back from both first, as a client would have (see (1c)).
     chat.users_everywhere(&[1, 2], &users).await?;
     chat.machine_failure(&[1, 2]).await;
-    chat.empty_volume(0)?;
-    let seen0 = chat.log(0).len();
-    let t_recreate = Instant::now();
-    chat.create(&[0, 1, 2]).await?;
-    chat.wait_all_ready(&ALL).await?;
-    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
-    chat.schema_is(&ALL).await?;
-    chat.users_everywhere(&ALL, &users).await?;
-    let since = chat.log(0).get(seen0..).unwrap_or_default().to_string();
+    let (since, d, back) = chat.recreate_all_with_empty_volume(0, &users).await?;
     check(
         since.contains("loads its own copy")
             && since.contains("removing the stale entry")
@@ -739,7 +753,7 @@ async fn lifecycle() -> Result<(), String> {
         "lifecycle: chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
          full cluster with every user {:?} after recreation (list_cluster full {d:?} after the \
          last Ready; {:?} with the stops)",
-        t_recreate.elapsed(),
+        back,
         t.elapsed()
     );
 
@@ -975,19 +989,30 @@ async fn lifecycle() -> Result<(), String> {
     Ok(())
 }
 
-/// Issue 10: every lifecycle event ends in a full cluster with the data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
-#[cfg_attr(
-    skip_ejabberd,
-    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
-)]
-#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
-async fn lifecycle_ejabberd_events() {
-    crate::support::prereq::ejabberd();
-    crate::support::prereq::busybox();
-    run("lifecycle ejabberd events", lifecycle()).await;
+/// A lifecycle test: its own cluster of netns pods running Debian's
+/// ejabberd under the entrypoint (which runs under BusyBox ash), so it
+/// needs root, netns, ejabberd and busybox, and fails naming any missing.
+macro_rules! lifecycle_test {
+    ($(#[$doc:meta])* $name:ident, $label:literal, $body:expr) => {
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+        #[cfg_attr(skip_ejabberd, ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)")]
+        #[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
+        async fn $name() {
+            crate::support::prereq::ejabberd();
+            crate::support::prereq::busybox();
+            run($label, $body).await;
+        }
+    };
 }
+
+lifecycle_test!(
+    /// Issue 10: every lifecycle event ends in a full cluster with the data.
+    lifecycle_ejabberd_events,
+    "lifecycle ejabberd events",
+    lifecycle()
+);
 
 /// All pods down and a higher ordinal's volume lost with them: chat-0 goes
 /// first, a user is registered, chat-2 then chat-1 go; all three come back
@@ -1009,15 +1034,7 @@ async fn lost_higher_volume() -> Result<(), String> {
     chat.register(1, &users[1]).await?;
     chat.delete(&[2]).await?;
     chat.delete(&[1]).await?;
-    chat.empty_volume(2)?;
-    let seen2 = chat.log(2).len();
-    let t_recreate = Instant::now();
-    chat.create(&[0, 1, 2]).await?;
-    chat.wait_all_ready(&ALL).await?;
-    let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
-    chat.schema_is(&ALL).await?;
-    chat.users_everywhere(&ALL, &users).await?;
-    let since = chat.log(2).get(seen2..).unwrap_or_default().to_string();
+    let (since, d, back) = chat.recreate_all_with_empty_volume(2, &users).await?;
     check(
         since.contains("removing the stale entry") && since.contains("joined the cluster through"),
         || format!("chat-2 (empty volume) did not drop its entry and join:\n{since}"),
@@ -1026,22 +1043,15 @@ async fn lost_higher_volume() -> Result<(), String> {
         "lifecycle: chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
          cluster with every user {:?} after recreation (list_cluster full {d:?} after the last \
          Ready; {:?} with the stops)",
-        t_recreate.elapsed(),
+        back,
         t.elapsed()
     );
     chat.delete(&ALL).await
 }
 
-/// All down with a higher ordinal's volume lost (see lost_higher_volume).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
-#[cfg_attr(
-    skip_ejabberd,
-    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
-)]
-#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
-async fn lifecycle_lost_higher_volume() {
-    crate::support::prereq::ejabberd();
-    crate::support::prereq::busybox();
-    run("lifecycle lost higher volume", lost_higher_volume()).await;
-}
+lifecycle_test!(
+    /// All down with a higher ordinal's volume lost (see lost_higher_volume).
+    lifecycle_lost_higher_volume,
+    "lifecycle lost higher volume",
+    lost_higher_volume()
+);
