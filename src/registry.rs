@@ -11,59 +11,22 @@
 //! - up to 1000 unregistered names are remembered (5 when debugging), oldest
 //!   forgotten first.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustc_hash::FxHashMap;
 use thiserror::Error;
 
 use crate::codec::{NodeInfo, X_RESP_MIN_VERSION};
 
-/// Node names are hashed with a multiply-rotate hash (FxHash's), not the
+/// A table keyed by node name, hashed by FxHash (rustc-hash), not the
 /// standard SipHash: several name hashes per registration made SipHash a
 /// tenth of a registration's instructions. A keyed hash guards a table
 /// against keys chosen to collide; the keys here are registered names, and
 /// only local clients can register (ALIVE2 from another host is refused),
 /// while lookups from anywhere only probe, adding nothing.
-#[derive(Debug, Default, Clone, Copy)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            self.add(u64::from_le_bytes(b));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A table keyed by node name.
-type ByName<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
+type ByName<V> = FxHashMap<String, V>;
 
 /// Identifies the connection that holds a registration.
 pub type ConnId = u64;

@@ -12,14 +12,13 @@
 //! close the socket. A refused registration (no name) is held the same way
 //! until the client closes, as epmd holds it.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
 use rustix::event::{Timespec, epoll};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -37,30 +36,11 @@ pub(super) struct Held {
     /// The epoll set; None until [`Held::open`] (the server runs). Shared
     /// with the task that waits on it.
     epoll: Option<Rc<OwnedFd>>,
-    /// Every registration from the moment it is made, by connection.
-    slots: HashMap<ConnId, Slot, BuildHasherDefault<ConnHasher>>,
-}
-
-/// Connection ids are our own sequential numbers, so one multiplication
-/// spreads them well enough; a B-tree's removal alone cost more than a
-/// whole lookup here, and SipHash is for keys others choose.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct ConnHasher(u64);
-
-impl Hasher for ConnHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    /// Every registration from the moment it is made, by connection. Our
+    /// own sequential ids: FxHash (rustc-hash) spreads them at the cost of a
+    /// multiplication, where a B-tree's removal alone cost more than a whole
+    /// lookup here, and SipHash is for keys others choose.
+    slots: FxHashMap<ConnId, Slot>,
 }
 
 #[derive(Debug)]
