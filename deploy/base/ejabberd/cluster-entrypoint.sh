@@ -442,6 +442,18 @@ EOF
     return 1
 }
 
+# The nodes (sorted, once each) in the schema of every peer in query
+# output $1 whose schema lists us.
+schema_of_listers() {
+    echo "$1" | awk -v me="$me" '
+        {
+            n = split($3, a, ",")
+            for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
+            if (mine) for (i = 1; i <= n; i++) print a[i]
+            mine = 0
+        }' | LC_ALL=C sort -u
+}
+
 # All members came back while our volume was lost, and they wait for each
 # other's tables (they went down together, none saw another go): Mnesia
 # would have the lowest of all load its own copy once every holder runs
@@ -454,13 +466,7 @@ EOF
 # go, we may have gone down last with data no one else has: that is
 # force-load's case, for a human (see the top).
 members_wait_for_each_other() {
-    waiters=$(echo "$1" | awk -v me="$me" '
-        {
-            n = split($3, a, ",")
-            for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
-            if (mine) for (i = 1; i <= n; i++) if (a[i] != me) print a[i]
-            mine = 0
-        }' | LC_ALL=C sort -u)
+    waiters=$(schema_of_listers "$1" | grep -vxF "$me")
     [ -n "$waiters" ] || return 1
     for n in $waiters; do
         echo "$1" | grep -q "^$n waiting " || return 1
@@ -499,14 +505,10 @@ hold_if_lowest() {
         info=$(query $others) || info=
         # The schema's nodes, as the peers in our cluster list them; a peer
         # that does not answer yet (or has no Mnesia yet) may be one too.
-        known=$(echo "$info" | awk -v me="$me" '
-            $2 == "down" || $2 == "starting" { print $1; next }
-            {
-                n = split($3, a, ",")
-                for (i = 1; i <= n; i++) if (a[i] == me) mine = 1
-                if (mine) for (i = 1; i <= n; i++) print a[i]
-                mine = 0
-            }' | LC_ALL=C sort -u)
+        known=$({
+            echo "$info" | awk '$2 == "down" || $2 == "starting" { print $1 }'
+            schema_of_listers "$(echo "$info" | awk '$2 != "down" && $2 != "starting"')"
+        } | LC_ALL=C sort -u)
         # A pod here without a database holds no copy (a lost volume).
         for n in $(echo "$info" | awk '$2 == "empty" { print $1 }'); do
             known=$(echo "$known" | grep -vxF "$n")
