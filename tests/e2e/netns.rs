@@ -102,12 +102,7 @@ impl Netns {
     /// any is killed, none of their processes sees another go (a machine
     /// losing power). SIGKILL still ends them.
     pub fn freeze_all(&self) {
-        for p in pids_in(&self.name) {
-            // SAFETY: plain kill(2) on a pid that lives in our namespace.
-            unsafe {
-                libc::kill(p, libc::SIGSTOP);
-            }
-        }
+        signal_inside(&self.name, libc::SIGSTOP);
     }
 }
 
@@ -135,17 +130,22 @@ fn destroy(name: &str) {
     let _ = ip(&["netns", "del", name]);
 }
 
+/// Send `sig` to every process inside `name` (ours); false if none was.
+fn signal_inside(name: &str, sig: i32) -> bool {
+    let pids = pids_in(name);
+    for &p in &pids {
+        // SAFETY: plain kill(2) on a pid that lives in our namespace.
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+    !pids.is_empty()
+}
+
 fn kill_inside(name: &str) {
     for round in 0..20 {
-        let pids = pids_in(name);
-        if pids.is_empty() {
+        if !signal_inside(name, libc::SIGKILL) {
             break;
-        }
-        for p in pids {
-            // SAFETY: plain kill(2) on a pid that lives in our namespace.
-            unsafe {
-                libc::kill(p, libc::SIGKILL);
-            }
         }
         if round > 0 {
             std::thread::sleep(std::time::Duration::from_millis(100));
