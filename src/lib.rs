@@ -13,6 +13,7 @@ pub mod admin_client;
 pub mod background;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod files;
 pub mod kubernetes;

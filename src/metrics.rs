@@ -177,6 +177,13 @@ pub struct DiscoveryMetrics {
     /// StatefulSet watch errors, by reason (as `watch_errors`).
     pub statefulset_watch_errors: Family<ReasonLabels, Counter>,
     pub replicas_file_write_errors: Counter,
+    /// Plans given to this pod's entrypoint (`/cluster/plan`), by action.
+    pub cluster_plans: Family<ActionLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
 }
 
 impl DiscoveryMetrics {
@@ -204,6 +211,12 @@ impl DiscoveryMetrics {
     pub fn statefulset_watch_error(&self, reason: &'static str) {
         self.statefulset_watch_errors
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn cluster_plan(&self, action: &'static str) {
+        self.cluster_plans
+            .get_or_create(&ActionLabels { action })
             .inc();
     }
 
@@ -249,6 +262,11 @@ impl DiscoveryMetrics {
             "hosts_file_write_errors",
             "Failed hosts file replacements",
             self.hosts_file_write_errors.clone(),
+        );
+        registry.register(
+            "cluster_plans",
+            "Plans given to this pod's entrypoint, by action",
+            self.cluster_plans.clone(),
         );
         if self.statefulset_watched {
             registry.register(

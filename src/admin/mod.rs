@@ -1,5 +1,7 @@
 //! The HTTP admin endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus
-//! text) and, in Kubernetes mode, `/peers` (JSON). It only reads state.
+//! text) and, in Kubernetes mode, `/peers` (JSON) and `/cluster/nodes`,
+//! `/cluster/plan` for this pod's entrypoint ([`crate::cluster`]). It only
+//! reads state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,10 +10,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod cluster;
 
 use crate::kubernetes::{DiscoveryView, Health};
 use crate::metrics::{Metrics, render_all};
@@ -63,6 +67,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/peers", get(peers))
+        .route("/cluster/nodes", get(cluster::nodes))
+        .route("/cluster/plan", post(cluster::plan_for))
         .with_state(state)
 }
 
@@ -72,11 +78,15 @@ pub async fn serve(
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    // The peer address is kept for /cluster/*, which answers loopback only.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await
 }
 
 /// Listen on `addr`. The IPv6 wildcard `[::]` takes IPv4 too (IPV6_V6ONLY

@@ -1,0 +1,468 @@
+//! The decision table: one case per situation an entrypoint meets in the
+//! lifecycle events the README names (and the ones earlier sessions could
+//! only reason about), with the action the plan must give. The model in
+//! `tests/cluster_model.rs` checks the same function over every order of
+//! events; these cases pin each rule to a readable example.
+
+use super::facts::{Facts, NodeFact, NodeState, Observation, Phase, Timing};
+use super::nodes::Naming;
+use super::plan::{Action, STALE_SECS, plan};
+
+use NodeState::*;
+
+fn n(k: u32) -> String {
+    format!("ejabberd@chat-{k}.x")
+}
+
+fn ns(ks: &[u32]) -> Vec<String> {
+    ks.iter().map(|&k| n(k)).collect()
+}
+
+/// Node `k` as seen: schema `db`, running `run`, up `up` s, saw `saw` go.
+fn seen(k: u32, state: NodeState, db: &[u32], run: &[u32], up: u64, saw: &[u32]) -> NodeFact {
+    NodeFact {
+        node: n(k),
+        state,
+        db_nodes: ns(db),
+        running_db_nodes: ns(run),
+        uptime: up,
+        saw_down: ns(saw),
+    }
+}
+
+fn down(k: u32) -> NodeFact {
+    seen(k, Down, &[], &[], 0, &[])
+}
+
+fn empty(k: u32) -> NodeFact {
+    seen(k, Empty, &[], &[], 0, &[])
+}
+
+/// Pod `me` in `phase`; `nodes` are what the probe saw (pods are those
+/// nodes other than `me`), with `replicas`.
+struct Case {
+    me: u32,
+    phase: Phase,
+    marker: bool,
+    since_start: u64,
+    since_phase: u64,
+    nodes: Vec<NodeFact>,
+    replicas: Option<u32>,
+}
+
+fn case(me: u32, phase: Phase, marker: bool, nodes: Vec<NodeFact>) -> Case {
+    Case {
+        me,
+        phase,
+        marker,
+        since_start: 1,
+        since_phase: 1,
+        nodes,
+        replicas: Some(3),
+    }
+}
+
+impl Case {
+    fn after(mut self, secs: u64) -> Case {
+        self.since_start = secs;
+        self.since_phase = secs;
+        self
+    }
+
+    fn replicas(mut self, r: Option<u32>) -> Case {
+        self.replicas = r;
+        self
+    }
+
+    fn facts(&self) -> Facts {
+        let me = n(self.me);
+        let naming = Naming::new(&me, &format!("chat-{}", self.me)).expect("test naming");
+        Facts {
+            pods: self
+                .nodes
+                .iter()
+                .filter(|f| f.node != me)
+                .map(|f| f.node.clone())
+                .collect(),
+            obs: Observation {
+                me,
+                phase: self.phase,
+                marker: self.marker,
+                since_start: self.since_start,
+                since_phase: self.since_phase,
+                timing: Timing::default(),
+                nodes: self.nodes.clone(),
+            },
+            naming,
+            replicas: self.replicas,
+        }
+    }
+
+    fn gives(self, want: Action, why: &str) {
+        let p = plan(&self.facts());
+        assert_eq!(p.action, want, "{why}: got {p:?}");
+    }
+}
+
+const ALL: &[u32] = &[0, 1, 2];
+
+#[test]
+fn first_start_empty_volumes() {
+    use Phase::*;
+    // chat-0 up, every pod answers, none in a cluster: chat-0 seeds.
+    let alone = |k| seen(k, Started, &[k], &[k], 5, &[]);
+    case(0, Joining, false, vec![alone(0), alone(1), alone(2)]).gives(
+        Action::Seed,
+        "ordinal 0 seeds when all answer, none clustered",
+    );
+    // The others join chat-0 then.
+    case(2, Joining, false, vec![alone(2), alone(0), alone(1)])
+        .gives(Action::Join { target: n(0) }, "others join ordinal 0");
+    // A pod that is not there yet (replicas 3, only 2 pods): nobody seeds.
+    case(0, Joining, false, vec![alone(0), alone(1)])
+        .gives(Action::Wait(3), "a pod the StatefulSet wants is missing");
+    // A pod down (not answering yet): no seed.
+    case(0, Joining, false, vec![alone(0), alone(1), down(2)])
+        .gives(Action::Wait(3), "a pod does not answer");
+    // An empty pod (beacon up, ejabberd not yet): no seed either.
+    case(0, Joining, false, vec![alone(0), alone(1), empty(2)])
+        .gives(Action::Wait(3), "a pod still boots");
+    // chat-0 not started yet: the others wait.
+    case(1, Joining, false, vec![alone(1), down(0), alone(2)])
+        .gives(Action::Wait(3), "no cluster and no chat-0 to join");
+    // Without a replica count the pods present decide.
+    case(0, Joining, false, vec![alone(0), alone(1)])
+        .replicas(None)
+        .gives(Action::Seed, "no replicas file: the listed pods decide");
+    // Boot without a database and no member anywhere: start at once.
+    case(1, Boot, false, vec![down(1), empty(0), empty(2)])
+        .gives(Action::Start, "empty pods do not wait for each other");
+}
+
+#[test]
+fn joins_the_established_cluster() {
+    use Phase::*;
+    let member = |k| seen(k, Started, &[0, 2], &[0, 2], 50, &[]);
+    // chat-1 new (scale up, lost volume after the entry was dropped).
+    case(
+        1,
+        Joining,
+        false,
+        vec![seen(1, Started, &[1], &[1], 3, &[]), member(0), member(2)],
+    )
+    .gives(
+        Action::Join { target: n(0) },
+        "join a node that knows more than itself",
+    );
+    // chat-0 empty while chat-1 and chat-2 form the cluster: chat-0 joins, never seeds.
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0], &[0], 3, &[]),
+            seen(1, Started, &[1, 2], &[1, 2], 9, &[]),
+            seen(2, Started, &[1, 2], &[1, 2], 9, &[]),
+        ],
+    )
+    .gives(
+        Action::Join { target: n(1) },
+        "ordinal 0 joins a live cluster",
+    );
+    // The cluster's members are still loading: wait, do not seed.
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0], &[0], 3, &[]),
+            seen(1, Waiting, &[1, 2], &[1], 9, &[]),
+            down(2),
+        ],
+    )
+    .gives(Action::Wait(3), "members not started: wait");
+    // Someone joined us (we are chat-0 and were joined before we looked).
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0, 1], &[0, 1], 3, &[]),
+            seen(1, Started, &[0, 1], &[0, 1], 3, &[]),
+        ],
+    )
+    .gives(Action::Joined, "others joined this node");
+    // Undecided past the join timeout: exit, never guess.
+    case(
+        1,
+        Joining,
+        false,
+        vec![seen(1, Started, &[1], &[1], 3, &[]), down(0), down(2)],
+    )
+    .after(300)
+    .gives(Action::Fail, "the join timeout");
+}
+
+#[test]
+fn pod_deleted_or_all_down_with_volumes() {
+    use Phase::*;
+    // One pod deleted: the others run; it starts at once.
+    let run = |k| seen(k, Started, ALL, &[0, 2], 80, &[1]);
+    case(1, Boot, true, vec![down(1), run(0), run(2)]).gives(Action::Start, "not the lowest node");
+    // chat-0 deleted alone: others have the tables, it starts.
+    let run12 = |k| seen(k, Started, ALL, &[1, 2], 80, &[0]);
+    case(0, Boot, true, vec![down(0), run12(1), run12(2)])
+        .gives(Action::Start, "a peer has the tables");
+    // All down; chat-0 must not start before another node loaded (orphan rule).
+    case(
+        0,
+        Boot,
+        true,
+        vec![
+            down(0),
+            seen(1, Waiting, ALL, &[1], 3, &[0]),
+            seen(2, Starting, ALL, &[], 2, &[]),
+        ],
+    )
+    .gives(Action::Wait(2), "lowest node holds back");
+    case(0, Boot, true, vec![down(0), down(1), down(2)])
+        .gives(Action::Wait(2), "lowest node holds back for pods not up");
+    // chat-2 went down last: it loads, then chat-0 starts.
+    case(
+        0,
+        Boot,
+        true,
+        vec![
+            down(0),
+            seen(1, Waiting, ALL, &[1, 2], 9, &[0]),
+            seen(2, Loaded, ALL, &[1, 2], 9, &[0, 1]),
+        ],
+    )
+    .gives(Action::Start, "a peer loaded the tables");
+    // Every other node waited LOAD_GRACE: chat-0 went down last (or all at once).
+    let w = |k, up| seen(k, Waiting, ALL, &[k], up, &[]);
+    case(0, Boot, true, vec![down(0), w(1, 16), w(2, 15)])
+        .gives(Action::Start, "all others waited the grace");
+    case(0, Boot, true, vec![down(0), w(1, 16), w(2, 14)])
+        .gives(Action::Wait(2), "one has waited less than the grace");
+    // HOLD_MAX: start anyway.
+    case(0, Boot, true, vec![down(0), down(1), w(2, 200)])
+        .after(120)
+        .gives(Action::Start, "CLUSTER_HOLD_MAX");
+    // A node with a database never fails on the join timeout: it holds, then starts.
+    case(0, Boot, true, vec![down(0), down(1), down(2)])
+        .after(100)
+        .gives(Action::Wait(2), "still within the hold");
+    // Higher nodes with a database never hold.
+    case(2, Boot, true, vec![down(2), down(0), down(1)])
+        .gives(Action::Start, "chat-2 is not the lowest");
+    // A lost volume at chat-0: the lowest holder is chat-1 now, which holds.
+    case(
+        1,
+        Boot,
+        true,
+        vec![
+            down(1),
+            empty(0),
+            seen(2, Waiting, &[0, 1, 2], &[2], 3, &[]),
+        ],
+    )
+    .gives(Action::Wait(2), "chat-0 empty: chat-1 is the lowest holder");
+    // A scaled-away node (pod gone) does not make us lowest-but-one.
+    case(1, Boot, true, vec![down(1), down(2)]).gives(
+        Action::Wait(2),
+        "chat-0's pod is gone; chat-1 is the lowest known",
+    );
+}
+
+#[test]
+fn lost_volume() {
+    use Phase::*;
+    // chat-1 back empty, members running and listing it: drop the entry.
+    let m = |k| seen(k, Started, ALL, &[0, 2], 80, &[1]);
+    case(1, Boot, false, vec![down(1), m(0), m(2)]).gives(
+        Action::DropStale { via: n(0) },
+        "a running member drops the stale entry",
+    );
+    // Entry dropped: start empty.
+    let m2 = |k| seen(k, Started, &[0, 2], &[0, 2], 80, &[]);
+    case(1, Boot, false, vec![down(1), m2(0), m2(2)])
+        .gives(Action::Start, "nobody lists us any more");
+    // A pod that does not answer yet may list us: wait up to LOAD_GRACE.
+    case(1, Boot, false, vec![down(1), down(0), m2(2)])
+        .gives(Action::Wait(1), "a pod may still list us");
+    case(1, Boot, false, vec![down(1), down(0), m2(2)])
+        .after(15)
+        .gives(Action::Start, "grace over");
+    // Found listed after start (a member came up late): restart empty.
+    let late = |k| seen(k, Started, ALL, &[0, 2], 80, &[]);
+    case(
+        1,
+        Joining,
+        false,
+        vec![seen(1, Started, &[1], &[1], 20, &[]), late(0), late(2)],
+    )
+    .after(STALE_SECS)
+    .gives(Action::RestartEmpty, "stale entry found after start");
+    case(
+        1,
+        Joining,
+        false,
+        vec![seen(1, Started, &[1], &[1], 5, &[]), late(0), late(2)],
+    )
+    .after(5)
+    .gives(Action::Wait(3), "maybe a join in progress: wait");
+    // A member that lists us AND runs with us is joining us: not stale.
+    let joining = seen(2, Started, &[0, 2], &[0, 2], 80, &[]);
+    case(
+        0,
+        Joining,
+        false,
+        vec![seen(0, Started, &[0], &[0], 30, &[]), joining.clone()],
+    )
+    .replicas(Some(2))
+    .after(30)
+    .gives(Action::Wait(3), "a join in progress is not a stale entry");
+}
+
+#[test]
+fn all_down_with_a_volume_lost() {
+    use Phase::*;
+    // Machine failure: chat-0 went down first (both saw it), chat-1 and
+    // chat-2 at once (neither saw the other); chat-0's volume lost. They
+    // wait for each other: the lowest member loads its own copy.
+    let w = |k, up| seen(k, Waiting, ALL, &[k], up, &[0]);
+    case(0, Boot, false, vec![down(0), w(1, 9), w(2, 9)]).gives(
+        Action::ForceLoad { node: n(1) },
+        "Mnesia's orphan rule, for the lost node",
+    );
+    // Not settled yet: wait.
+    case(0, Boot, false, vec![down(0), w(1, 2), w(2, 9)])
+        .gives(Action::Wait(3), "members just started");
+    // A member did not see chat-0 go: chat-0 may have been last: no force.
+    let blind = seen(2, Waiting, ALL, &[2], 9, &[]);
+    case(0, Boot, false, vec![down(0), w(1, 9), blind]).gives(
+        Action::Wait(3),
+        "the lost node may hold the newest copy: human step",
+    );
+    // A member saw all others go: it loads by itself, no force needed.
+    let last = seen(2, Waiting, ALL, &[2], 9, &[0, 1]);
+    case(0, Boot, false, vec![down(0), w(1, 9), last])
+        .gives(Action::Wait(3), "the last one down loads by itself");
+    // A member of the schema not there: no force (its copy may be newest).
+    case(0, Boot, false, vec![down(0), w(1, 9), down(2)])
+        .gives(Action::Wait(3), "a member is missing");
+    // chat-2's volume lost after a machine failure under chat-0 and chat-1
+    // ("reasoned only" before): neither member saw chat-2 go down, so chat-2
+    // may have gone down last: nothing forced; after the join timeout the
+    // empty pod restarts, the members keep waiting: the human step.
+    let w01 = |k| seen(k, Waiting, ALL, &[k], 30, &[]);
+    case(2, Boot, false, vec![down(2), w01(0), w01(1)]).gives(
+        Action::Wait(3),
+        "lost chat-2 not seen going down: human step",
+    );
+    // chat-2's volume lost, chat-2 stopped before chat-1 (chat-1 saw it) and
+    // chat-0 first: chat-1 went down last and loads by itself; chat-0 holds.
+    case(
+        2,
+        Boot,
+        false,
+        vec![
+            down(2),
+            seen(0, Starting, ALL, &[], 2, &[]),
+            seen(1, Loaded, ALL, &[1], 4, &[0, 2]),
+        ],
+    )
+    .gives(Action::Wait(3), "chat-1 loads; wait until it has started");
+    case(
+        2,
+        Boot,
+        false,
+        vec![down(2), down(0), seen(1, Started, ALL, &[1], 9, &[0, 2])],
+    )
+    .gives(
+        Action::DropStale { via: n(1) },
+        "then drop the entry through it",
+    );
+}
+
+#[test]
+fn scale_down_prunes() {
+    use Phase::*;
+    let me = |db: &[u32], run: &[u32]| seen(0, Started, db, run, 90, &[]);
+    // Replicas 2, chat-2 gone from the API and not running: removed.
+    case(
+        0,
+        Running,
+        true,
+        vec![me(ALL, &[0, 1]), seen(1, Started, ALL, &[0, 1], 90, &[])],
+    )
+    .replicas(Some(2))
+    .gives(Action::Remove { node: n(2) }, "scaled away");
+    // Its pod still exists (terminating): later.
+    case(
+        0,
+        Running,
+        true,
+        vec![
+            me(ALL, &[0, 1]),
+            seen(1, Started, ALL, &[0, 1], 90, &[]),
+            down(2),
+        ],
+    )
+    .replicas(Some(2))
+    .gives(Action::Wait(10), "pod still there");
+    // A pod only restarting (ordinal < replicas) is never touched.
+    case(0, Running, true, vec![me(ALL, &[0, 2])]).gives(Action::Idle, "ordinal below replicas");
+    // No replica count: nobody removed.
+    case(0, Running, true, vec![me(ALL, &[0, 1])])
+        .replicas(None)
+        .gives(Action::Idle, "no replicas file");
+    // Not the lowest running node: another prunes.
+    case(
+        1,
+        Running,
+        true,
+        vec![
+            seen(1, Started, ALL, &[0, 1], 90, &[]),
+            seen(0, Started, ALL, &[0, 1], 90, &[]),
+        ],
+    )
+    .replicas(Some(2))
+    .gives(Action::Idle, "chat-0 prunes");
+    // chat-0 gone for a while: chat-1 is the lowest running and prunes.
+    case(
+        1,
+        Running,
+        true,
+        vec![seen(1, Started, &[0, 1, 2, 3], &[1, 2], 90, &[])],
+    )
+    .gives(
+        Action::Remove { node: n(3) },
+        "lowest running prunes; chat-0 (< replicas) kept",
+    );
+}
+
+#[test]
+fn plan_text_is_two_lines() {
+    let p = plan(
+        &case(
+            0,
+            Phase::Joining,
+            false,
+            vec![seen(0, Started, &[0], &[0], 1, &[])],
+        )
+        .replicas(Some(1))
+        .facts(),
+    );
+    assert_eq!(p.action, Action::Seed);
+    let text = p.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "seed");
+    assert!(lines[1].contains("seeds a new cluster"), "{text}");
+    assert_eq!(
+        Action::Join { target: n(1) }.to_string(),
+        "join ejabberd@chat-1.x"
+    );
+}
