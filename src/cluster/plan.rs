@@ -152,7 +152,7 @@ fn peers(f: &Facts) -> impl Iterator<Item = &NodeFact> {
     f.obs
         .nodes
         .iter()
-        .filter(move |n| n.node != me && f.pods.iter().any(|p| *p == n.node))
+        .filter(move |n| n.node != me && f.pods.contains(&n.node))
 }
 
 /// The nodes (sorted, once each) in the schema of every peer in `facts`
@@ -460,7 +460,7 @@ fn prune(f: &Facts) -> Plan {
         if ord < replicas {
             continue;
         }
-        if mine.runs_with(n) || f.pods.iter().any(|p| p == n) {
+        if mine.runs_with(n) || f.pods.contains(n) {
             pending = true; // still running or its pod still exists
             continue;
         }
