@@ -600,26 +600,6 @@ fn script() -> PathBuf {
     repo_path("deploy/base/ejabberd/cluster-entrypoint.sh")
 }
 
-/// The hosts file kube-epmd's own renderer writes for StatefulSet pods
-/// (namespace `xmpp`, subdomain `xmpp-internal-svc`) with these IPs.
-fn kube_epmd_hosts(pods: &[(&str, &[&str])]) -> String {
-    let mut table = kube_epmd::peers::PeerTable::default();
-    for (name, ips) in pods {
-        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "xmpp"},
-            "spec": {"hostname": name, "subdomain": "xmpp-internal-svc", "containers": []},
-            "status": {
-                "phase": "Running",
-                "podIP": ips[0],
-                "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
-            },
-        }))
-        .expect("pod");
-        assert!(table.apply(&pod), "{name} is not a peer");
-    }
-    kube_epmd::files::render::render_hosts(&table, "cluster.local")
-}
-
 /// The shells to run the script with: the system `sh`, and BusyBox (what
 /// the Alpine-based ejabberd image has: ash, awk, sort, cut).
 fn shells() -> Vec<(String, Option<tempfile::TempDir>)> {
@@ -635,40 +615,6 @@ fn shells() -> Vec<(String, Option<tempfile::TempDir>)> {
     out
 }
 
-/// `cluster-entrypoint.sh peers` as the ejabberd container runs it.
-fn script_peers(
-    shell: &(String, Option<tempfile::TempDir>),
-    node: &str,
-    pod: &str,
-    hosts: &Path,
-) -> Vec<String> {
-    let path = match &shell.1 {
-        Some(dir) => dir.path().as_os_str().to_owned(),
-        None => std::env::var_os("PATH").unwrap_or_default(),
-    };
-    let out = Command::new(&shell.0)
-        .arg(script())
-        .arg("peers")
-        .env_clear()
-        .env("PATH", path)
-        .env("POD_NAME", pod)
-        .env("ERLANG_NODE_ARG", node)
-        .env("KUBE_EPMD_HOSTS_FILE", hosts)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        shell.0,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn cluster_script_is_valid_shell() {
     let out = Command::new("sh")
@@ -681,61 +627,6 @@ fn cluster_script_is_valid_shell() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-#[test]
-#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
-fn cluster_script_finds_peers_in_the_hosts_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = dir.path().join("hosts");
-    // What kube-epmd itself writes (its real renderer), for pods of every
-    // kind the script must sort out, plus one hand-written line that
-    // separates with spaces.
-    let mut hosts_text = kube_epmd_hosts(&[
-        ("chat-2", &["10.1.0.12", "fd00::12"]),
-        ("chat-0", &["10.1.0.10"]),
-        ("chat-10", &["10.1.0.20"]),
-        ("chatter-3", &["10.1.0.30"]),
-        ("chat-x", &["10.1.0.31"]),
-    ]);
-    hosts_text
-        .push_str("10.1.0.11 chat-1 chat-1.xmpp-internal-svc chat-1.xmpp-internal-svc.xmpp\n");
-    std::fs::write(&hosts, hosts_text).expect("write hosts");
-
-    for sh in shells() {
-        assert_eq!(
-            script_peers(&sh, "ejabberd@chat-1.xmpp-internal-svc", "chat-1", &hosts),
-            [
-                "ejabberd@chat-0.xmpp-internal-svc",
-                "ejabberd@chat-2.xmpp-internal-svc",
-                "ejabberd@chat-10.xmpp-internal-svc"
-            ]
-        );
-        assert_eq!(
-            script_peers(&sh, "ejabberd@chat-0", "chat-0", &hosts),
-            ["ejabberd@chat-1", "ejabberd@chat-2", "ejabberd@chat-10"]
-        );
-        // Alone (a fresh cluster's first pod): no peers, so chat-0 seeds.
-        let alone = dir.path().join("alone");
-        std::fs::write(
-            &alone,
-            "127.0.0.1 localhost\n10.1.0.10 chat-0 chat-0.xmpp-internal-svc\n",
-        )
-        .expect("write");
-        assert!(
-            script_peers(&sh, "ejabberd@chat-0.xmpp-internal-svc", "chat-0", &alone).is_empty()
-        );
-        // No hosts file yet: no peers, no error.
-        assert!(
-            script_peers(
-                &sh,
-                "ejabberd@chat-0",
-                "chat-0",
-                &dir.path().join("missing")
-            )
-            .is_empty()
-        );
-    }
 }
 
 // ------------------------------------------------------ the image recipe

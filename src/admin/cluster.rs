@@ -111,23 +111,6 @@ fn naming(d: &DiscoveryView, me: &str) -> Result<Naming, (StatusCode, String)> {
     Naming::new(me, pod).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))
 }
 
-/// Node names of the other pods of this StatefulSet in the peer table
-/// (Ready or not, terminating too: the node may still be shutting down),
-/// lowest ordinal first. A pod is taken when the name its node would have
-/// is one of the names the hosts file gives it.
 fn pod_nodes(d: &DiscoveryView, naming: &Naming, me: &str) -> Vec<String> {
-    let domain = &d.settings.cluster_domain;
-    let table = d.table.borrow();
-    let mut v: Vec<(u32, String)> = table
-        .iter()
-        .filter_map(|p| {
-            let node = naming.node_of(&p.hostname);
-            let host = node.split_once('@').map(|(_, h)| h)?;
-            let ord = naming.ordinal(&node)?;
-            (node != me && p.names(domain).iter().any(|n| n == host)).then_some((ord, node))
-        })
-        .collect();
-    v.sort();
-    v.dedup();
-    v.into_iter().map(|(_, n)| n).collect()
+    naming.pod_nodes(&d.table.borrow(), &d.settings.cluster_domain, me)
 }

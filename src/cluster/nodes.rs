@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::peers::PeerTable;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Naming {
     /// The part before `@` (`ejabberd`).
@@ -75,6 +77,29 @@ impl Naming {
     }
 }
 
+impl Naming {
+    /// The node names of the other pods of this StatefulSet in the peer
+    /// table (Ready or not, terminating too: the node may still be shutting
+    /// down), lowest ordinal first. A pod is taken when the name its node
+    /// would have is one of the names the hosts file gives it (so the VM
+    /// can resolve it).
+    pub fn pod_nodes(&self, table: &PeerTable, cluster_domain: &str, me: &str) -> Vec<String> {
+        let mut v: Vec<(u32, String)> = table
+            .iter()
+            .filter_map(|p| {
+                let node = self.node_of(&p.hostname);
+                let ord = self.ordinal(&node)?;
+                let host = node.split_once('@')?.1;
+                let listed = p.names(cluster_domain).iter().any(|n| n == host);
+                (node != me && listed).then_some((ord, node))
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v.into_iter().map(|(_, n)| n).collect()
+    }
+}
+
 fn is_ordinal(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
 }
@@ -100,6 +125,66 @@ mod tests {
         assert_eq!(s.statefulset, "my-chat");
         assert_eq!(s.ordinal("ejabberd@my-chat-0"), Some(0));
         assert_eq!(s.ordinal("ejabberd@my-chat-0.svc"), None);
+    }
+
+    /// A peer table as discovery builds it from these pods (namespace
+    /// `xmpp`, subdomain `xmpp-internal-svc`).
+    fn table(pods: &[(&str, &[&str])]) -> PeerTable {
+        let mut t = PeerTable::default();
+        for (name, ips) in pods {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "xmpp"},
+                "spec": {"hostname": name, "subdomain": "xmpp-internal-svc", "containers": []},
+                "status": {
+                    "phase": "Running",
+                    "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
+                },
+            }))
+            .expect("pod");
+            assert!(t.apply(&pod), "{name} is not a peer");
+        }
+        t
+    }
+
+    #[test]
+    fn pods_of_this_statefulset_lowest_first() {
+        let t = table(&[
+            ("chat-2", &["10.1.0.12", "fd00::12"]),
+            ("chat-0", &["10.1.0.10"]),
+            ("chat-10", &["10.1.0.20"]),
+            ("chat-1", &["10.1.0.11"]),
+            ("chatter-3", &["10.1.0.30"]),
+            ("chat-x", &["10.1.0.31"]),
+        ]);
+        let me = "ejabberd@chat-1.xmpp-internal-svc";
+        let n = Naming::new(me, "chat-1").unwrap();
+        assert_eq!(
+            n.pod_nodes(&t, "cluster.local", me),
+            [
+                "ejabberd@chat-0.xmpp-internal-svc",
+                "ejabberd@chat-2.xmpp-internal-svc",
+                "ejabberd@chat-10.xmpp-internal-svc"
+            ]
+        );
+        let me = "ejabberd@chat-0";
+        let n = Naming::new(me, "chat-0").unwrap();
+        assert_eq!(
+            n.pod_nodes(&t, "cluster.local", me),
+            ["ejabberd@chat-1", "ejabberd@chat-2", "ejabberd@chat-10"]
+        );
+        // The FQDN form is in the hosts file too.
+        let me = "ejabberd@chat-0.xmpp-internal-svc.xmpp.svc.cluster.local";
+        let n = Naming::new(me, "chat-0").unwrap();
+        assert_eq!(n.pod_nodes(&t, "cluster.local", me).len(), 3);
+        // A host form the hosts file does not have: nobody.
+        let me = "ejabberd@chat-0.elsewhere";
+        let n = Naming::new(me, "chat-0").unwrap();
+        assert!(n.pod_nodes(&t, "cluster.local", me).is_empty());
+        // Alone: no peers.
+        let alone = table(&[("chat-0", &["10.1.0.10"])]);
+        let me = "ejabberd@chat-0";
+        let n = Naming::new(me, "chat-0").unwrap();
+        assert!(n.pod_nodes(&alone, "cluster.local", me).is_empty());
     }
 
     #[test]

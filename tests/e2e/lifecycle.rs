@@ -837,9 +837,9 @@ async fn lifecycle() -> Result<(), String> {
     let mut waiting = String::new();
     let t_wait = Instant::now();
     loop {
-        let (code, out) = chat.script(1, &["query", &node(1)]).await?;
+        let (code, out) = chat.script(1, &["query"]).await?;
         if code == 0
-            && out.contains(" waiting ")
+            && out.contains(&format!("{{\"node\":\"{}\",\"state\":\"waiting\"", node(1)))
             && chat
                 .log(0)
                 .contains("waiting for a peer to load the tables")
