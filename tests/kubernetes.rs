@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::apiserver::{self, TestApiServer, pod, statefulset};
-use support::daemon::{Daemon, eventually, file_is, run_peers_command};
+use support::daemon::{Daemon, eventually, file_is, http_post, run_peers_command};
 
 const READY: Duration = Duration::from_secs(20);
 /// Long enough for kube-rs's default backoff to come round after an
@@ -768,4 +768,113 @@ async fn no_replicas_file_or_statefulset_request_without_the_flag() {
     assert_eq!(peers_replicas(&d).await, Some(serde_json::Value::Null));
     let (_, metrics) = d.get("/metrics").await.unwrap();
     assert!(!metrics.contains("statefulset"), "{metrics}");
+}
+
+/// One node as the entrypoint's probe reports it, alone in its schema.
+fn alone(node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "node": node, "state": "started", "db_nodes": [node],
+        "running_db_nodes": [node], "uptime": 5, "saw_down": []
+    })
+}
+
+/// `/cluster/nodes` and `/cluster/plan`: the peer table and the
+/// StatefulSet's replicas join what the entrypoint observed, and the pure
+/// planner answers in two lines; bad observations are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_plan_joins_the_peer_table_and_the_observation() {
+    let api = api().await;
+    for k in 0..3 {
+        api.upsert_pod(sts_pod(
+            &format!("chat-{k}"),
+            &[&format!("10.244.{k}.1")],
+            false,
+        ));
+    }
+    // Another StatefulSet's pod under the same selector is no peer node.
+    api.upsert_pod(apiserver::sts_pod(
+        "web",
+        "web-0",
+        SVC,
+        &["10.244.9.1"],
+        true,
+        &[APP],
+    ));
+    api.upsert_statefulset(statefulset("chat", "chat", SVC, Some(3)));
+    let mut d = Daemon::start(
+        &api,
+        "chat",
+        &[
+            "--selector",
+            "app=xmpp",
+            "--pod-name",
+            "chat-0",
+            "--statefulset",
+            "chat",
+        ],
+    );
+    d.wait_ready(READY).await;
+    wait_replicas(&d, Some("3\n"), CHANGE, "replicas known").await;
+    let node = |k: u32| format!("ejabberd@chat-{k}.{SVC}");
+
+    let (code, body) = d
+        .get("/cluster/nodes?self=ejabberd%40chat-0.xmpp-internal-svc")
+        .await
+        .unwrap();
+    assert_eq!((code, body), (200, format!("{}\n{}\n", node(1), node(2))));
+    let (code, body) = d.get("/cluster/nodes?self=chat-0").await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("NAME@HOST"), "{body}");
+
+    let obs = |nodes: Vec<serde_json::Value>| {
+        serde_json::json!({
+            "self": node(0), "phase": "joining", "marker": false,
+            "since_start": 4, "since_phase": 2,
+            "timing": {"load_grace": 15, "hold_max": 120, "join_timeout": 300},
+            "nodes": nodes,
+        })
+        .to_string()
+    };
+    // Every pod answers, none in a cluster: chat-0 seeds.
+    let all = obs(vec![alone(&node(0)), alone(&node(1)), alone(&node(2))]);
+    let (code, body) = http_post(d.admin, "/cluster/plan", &all).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert_eq!(lines[0], "seed");
+    assert!(lines[1].contains("seeds a new cluster"), "{body}");
+    // chat-2 not seen (its probe answer missing): the replicas hold the seed.
+    let two = obs(vec![alone(&node(0)), alone(&node(1))]);
+    let (_, body) = http_post(d.admin, "/cluster/plan", &two).await.unwrap();
+    assert_eq!(body.lines().next(), Some("wait 3"), "{body}");
+    // The pod table counts, not what the probe claims: chat-3 has no pod.
+    let extra = obs(vec![alone(&node(0)), alone(&node(3))]);
+    let (_, body) = http_post(d.admin, "/cluster/plan", &extra).await.unwrap();
+    assert_eq!(body.lines().next(), Some("wait 3"), "{body}");
+    api.delete_pod("chat", "chat-2");
+    eventually(&d, CHANGE, "chat-2 gone from /cluster/nodes", || async {
+        let (_, b) = d
+            .get("/cluster/nodes?self=ejabberd%40chat-0.xmpp-internal-svc")
+            .await?;
+        (b == format!("{}\n", node(1))).then_some(())
+    })
+    .await;
+
+    // Refused whole, with the reason: not JSON, an unknown field, a bad name.
+    for (bad, why) in [
+        ("{", "EOF"),
+        (&all.replace("\"marker\"", "\"markr\""), "unknown field"),
+        (
+            &all.replace(&format!("\"self\":\"{}\"", node(0)), "\"self\":\"chat\""),
+            "NAME@HOST",
+        ),
+    ] {
+        let (code, body) = http_post(d.admin, "/cluster/plan", bad).await.unwrap();
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let seeds = d
+        .metric("kube_epmd_cluster_plans_total{action=\"seed\"}")
+        .await;
+    assert_eq!(seeds, Some(1.0), "{}", d.get("/metrics").await.unwrap().1);
 }

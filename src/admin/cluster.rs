@@ -3,7 +3,7 @@
 //! they serve this pod's own containers, and a plan is for the pod that
 //! observed the facts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Query, State};
@@ -76,18 +76,13 @@ pub async fn plan_for(
 }
 
 fn view(s: &AdminState, from: SocketAddr) -> Result<&DiscoveryView, (StatusCode, String)> {
-    // An IPv4 client of the dual-stack listener shows as ::ffff:127.0.0.1.
-    let ip = match from.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(std::net::IpAddr::V6(v6)),
-        ip => ip,
-    };
-    if !ip.is_loopback() {
+    if !is_local(from) {
         return Err((
             StatusCode::FORBIDDEN,
-            format!("/cluster/* answers this pod's containers only (loopback), not {ip}\n"),
+            format!(
+                "/cluster/* answers this pod's containers only (loopback), not {}\n",
+                from.ip()
+            ),
         ));
     }
     let d = s.discovery.as_ref().ok_or((
@@ -103,6 +98,17 @@ fn view(s: &AdminState, from: SocketAddr) -> Result<&DiscoveryView, (StatusCode,
     Ok(d)
 }
 
+/// A loopback client; an IPv4 one of the dual-stack listener shows as
+/// `::ffff:127.0.0.1`.
+fn is_local(from: SocketAddr) -> bool {
+    match from.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    }
+}
+
 fn naming(d: &DiscoveryView, me: &str) -> Result<Naming, (StatusCode, String)> {
     let pod = d.settings.pod_name.as_deref().ok_or((
         StatusCode::SERVICE_UNAVAILABLE,
@@ -113,4 +119,24 @@ fn naming(d: &DiscoveryView, me: &str) -> Result<Naming, (StatusCode, String)> {
 
 fn pod_nodes(d: &DiscoveryView, naming: &Naming, me: &str) -> Vec<String> {
     naming.pod_nodes(&d.table.borrow(), &d.settings.cluster_domain, me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn only_loopback_clients_are_local() {
+        for (addr, local) in [
+            ("127.0.0.1:1", true),
+            ("127.9.0.1:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("10.244.0.7:1", false),
+            ("[::ffff:10.244.0.7]:1", false),
+            ("[fd00::7]:1", false),
+        ] {
+            assert_eq!(is_local(addr.parse().unwrap()), local, "{addr}");
+        }
+    }
 }
