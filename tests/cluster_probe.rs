@@ -669,7 +669,7 @@ fn probe_reports_the_mnesia_facts_of_real_nodes() {
 /// does with each kind of answer. SELF is not running (down).
 #[test]
 #[cfg_attr(skip_erl, ignore = "needs erl (erlang-base) (KUBE_EPMD_TEST_SKIP)")]
-fn probe_exits_3_when_the_sidecar_fails_it() {
+fn probe_talks_to_the_sidecar_and_exits_3_when_it_fails() {
     let bed = Bed::start();
     let admin = bed.sidecar.admin();
     let me = node("x");
@@ -701,6 +701,21 @@ fn probe_exits_3_when_the_sidecar_fails_it() {
     assert_eq!(
         (obs.nodes[0].node.as_str(), obs.nodes[0].state),
         (me.as_str(), State::Down)
+    );
+
+    // A SELF that needs every escape: quoted, backslashed, control
+    // characters, UTF-8. It comes back as given, URL-encoded in the GET.
+    let odd = "q\"\\\t\u{1}é@127.0.0.1";
+    bed.sidecar.take_requests();
+    let q = bed.query(odd);
+    assert_eq!(q.self_node, odd);
+    assert_eq!(
+        (q.nodes[0].node.as_str(), q.nodes[0].state),
+        (odd, State::Down)
+    );
+    assert_eq!(
+        bed.sidecar.take_requests()[0].target,
+        "/cluster/nodes?self=q%22%5C%09%01%C3%A9%40127.0.0.1"
     );
 
     // The planner refuses: 3, its status and body on stderr, nothing on stdout.

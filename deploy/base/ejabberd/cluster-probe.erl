@@ -76,15 +76,12 @@ BadArg = fun(Format, FormatArgs) ->
                  ProbeFail(2, "~ts~n~ts", [io_lib:format(Format, FormatArgs), ProbeUsage])
          end,
 
-%% Results to stdout byte for byte. Under -noshell OTP 25's standard_io is
+%% Results (iodata: bytes, text as UTF-8) to stdout byte for byte. Under -noshell OTP 25's standard_io is
 %% a latin1 device (put_chars would re-encode UTF-8 bytes as characters),
 %% OTP 26+'s is unicode when the locale is UTF-8 (file:write would encode
 %% each byte as a character). Each gets the call that passes bytes through.
 EmitStdout = fun(IoData) ->
-                     Bytes = case unicode:characters_to_binary(IoData) of
-                                 Utf8 when is_binary(Utf8) -> Utf8;
-                                 _ -> iolist_to_binary(IoData) % not UTF-8: the bytes as they are
-                             end,
+                     Bytes = iolist_to_binary(IoData),
                      case lists:keyfind(encoding, 1, io:getopts(standard_io)) of
                          {encoding, unicode} -> ok = io:put_chars(standard_io, Bytes);
                          _ -> ok = file:write(standard_io, Bytes)
@@ -406,7 +403,7 @@ ForceLoad = fun(Node) ->
                              end,
                     Results = [begin
                                    Result = rpc:call(Node, mnesia, force_load_table, [Table], 30000),
-                                   EmitStdout(io_lib:format("~ts ~w~n", [Table, Result])),
+                                   EmitStdout(unicode:characters_to_binary(io_lib:format("~ts ~w~n", [Table, Result]))),
                                    Result
                                end || Table <- Tables],
                     case lists:all(fun(R) -> R =:= yes end, Results) of
@@ -462,7 +459,15 @@ ProbeMain =
 
 %% The exit code is ours to set (the -eval wrapper's halt(2) is for a file
 %% that does not parse): the outcome of the mode, or the failure's code.
-ProbeExit = try ProbeMain(init:get_plain_arguments()) of
+%% OTP 25 hands the plain arguments over as the command line's bytes (a
+%% UTF-8 "é" is two elements); decoded here so that SELF comes back as
+%% given. A list that is not UTF-8 bytes (already characters) stays as it is.
+PlainArgs = [try unicode:characters_to_list(list_to_binary(Arg)) of
+                 Chars when is_list(Chars) -> Chars;
+                 _ -> Arg
+             catch error:badarg -> Arg
+             end || Arg <- init:get_plain_arguments()],
+ProbeExit = try ProbeMain(PlainArgs) of
                 _ -> 0
             catch
                 throw:{cluster_probe_exit, ExitCode, ExitMsg} ->
