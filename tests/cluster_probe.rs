@@ -749,6 +749,29 @@ fn probe_talks_to_the_sidecar_and_exits_3_when_it_fails() {
     assert!(err.contains("did not answer"), "{err}");
 }
 
+/// A sidecar that accepts and never answers costs the probe its 10 s HTTP
+/// deadline, not the shell's patience: 3 well before the 60 s bound.
+#[test]
+#[cfg_attr(skip_erl, ignore = "needs erl (erlang-base) (KUBE_EPMD_TEST_SKIP)")]
+fn probe_gives_up_on_a_silent_sidecar() {
+    let bed = Bed::start();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    // Accepted (so no refusal), read from, never answered.
+    let holder = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let (code, out, err, took) = bed.probe(&["nodes", &addr, &node("x")]);
+    assert_eq!((code, out.as_str()), (3, ""), "{err}");
+    assert!(
+        err.contains("did not answer") && err.contains("timeout"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "gave up after {took:?}"
+    );
+    drop(holder.join());
+}
+
 /// Bad arguments: 2 and the usage, before the sidecar is asked anything.
 #[test]
 #[cfg_attr(skip_erl, ignore = "needs erl (erlang-base) (KUBE_EPMD_TEST_SKIP)")]
