@@ -499,8 +499,9 @@ fn probe_reports_the_mnesia_facts_of_real_nodes() {
     assert_eq!(reqs[0].method, "GET");
     assert_eq!(reqs[0].target, "/cluster/nodes?self=a%40127.0.0.1");
 
-    // VMs up, Mnesia not started: starting. A Mnesia that never ran
-    // reports its own node as the schema's and none running.
+    // VMs up, Mnesia not started: starting. A Mnesia not running and
+    // without a schema on disc reports its own node alone as db_nodes
+    // (with one, it reads the schema's nodes from disc) and none running.
     let q = bed.query(&a);
     assert_eq!(q.self_node, a);
     assert_eq!(
