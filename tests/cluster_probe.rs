@@ -35,61 +35,10 @@ const COOKIE: &str = "kube-epmd-probe-test";
 const LIMIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------
-// The JSON contract. A test-local mirror of
-// `kube_epmd::cluster::facts::Observation` (being written on main, not on
-// this branch yet): same shape, same strictness. Replace these types with
-// the crate's once the module lands.
+// The JSON contract: the crate's own types (strict: deny_unknown_fields),
+// so the probe and the planner cannot drift apart.
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Observation {
-    #[serde(rename = "self")]
-    self_node: String,
-    phase: Phase,
-    marker: bool,
-    since_start: u64,
-    since_phase: u64,
-    timing: Timing,
-    nodes: Vec<NodeFact>,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Phase {
-    Boot,
-    Joining,
-    Running,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-struct Timing {
-    load_grace: u64,
-    hold_max: u64,
-    join_timeout: u64,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct NodeFact {
-    node: String,
-    state: State,
-    db_nodes: Vec<String>,
-    running_db_nodes: Vec<String>,
-    uptime: u64,
-    saw_down: Vec<String>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum State {
-    Down,
-    Empty,
-    Starting,
-    Waiting,
-    Loaded,
-    Started,
-}
+use kube_epmd::cluster::facts::{NodeFact, NodeState as State, Observation, Phase, Timing};
 
 /// What `query` prints: the observation without the plan's inputs.
 #[derive(Debug, Deserialize)]
@@ -591,7 +540,7 @@ fn probe_reports_the_mnesia_facts_of_real_nodes() {
             String::from_utf8_lossy(&post.body)
         )
     });
-    assert_eq!(obs.self_node, a);
+    assert_eq!(obs.me, a);
     assert_eq!(obs.phase, Phase::Joining);
     assert!(obs.marker);
     assert_eq!((obs.since_start, obs.since_phase), (12, 3));
