@@ -169,6 +169,25 @@ fn joins_the_established_cluster() {
         Action::Join { target: n(1) },
         "ordinal 0 joins a live cluster",
     );
+    // Found by tests/cluster_model.rs: chat-1 joined chat-0 before chat-0
+    // wrote its marker; chat-0's container was killed, came back without a
+    // marker and had chat-1 drop its entry. chat-1, alone in its schema,
+    // is the cluster (it saw chat-0 go down): chat-0 joins it instead of
+    // seeding a second cluster.
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0], &[0], 3, &[]),
+            seen(1, Started, &[1], &[1], 9, &[0]),
+            seen(2, Started, &[2], &[2], 9, &[]),
+        ],
+    )
+    .gives(
+        Action::Join { target: n(1) },
+        "a lone node that saw another go down is a cluster",
+    );
     // The cluster's members are still loading: wait, do not seed.
     case(
         0,

@@ -375,7 +375,11 @@ fn join(f: &Facts) -> Plan {
             if !n.runs_with(me) {
                 listed_by.get_or_insert(n.node.as_str());
             }
-        } else if n.db_nodes.len() > 1 {
+        } else if n.db_nodes.len() > 1 || !n.saw_down.is_empty() {
+            // Its schema has more nodes than itself, or it saw a node go
+            // down (a node alone in a fresh schema meets nobody): it is
+            // the cluster, even alone (it joined us before we wrote our
+            // marker, we restarted and had it drop our entry).
             seed_ok = false;
             if n.state == NodeState::Started {
                 target.get_or_insert(n.node.clone());
