@@ -264,6 +264,18 @@ fn pod_deleted_or_all_down_with_volumes() {
         .gives(Action::Start, "all others waited the grace");
     case(0, Boot, true, vec![down(0), w(1, 16), w(2, 14)])
         .gives(Action::Wait(2), "one has waited less than the grace");
+    // Found by tests/cluster_model.rs: chat-0 killed (both saw it go), a
+    // write, then every container killed at once. The others wait for each
+    // other; chat-0's copy is the older one: starting it would have the
+    // orphan rule load it. The lowest waiter loads its own instead.
+    let saw0 = |k| seen(k, Waiting, ALL, &[k], 16, &[0]);
+    case(0, Boot, true, vec![down(0), saw0(1), saw0(2)]).gives(
+        Action::ForceLoad { node: n(1) },
+        "a waiting peer saw chat-0 go down: chat-0 must not start",
+    );
+    // One of them did not see chat-0 go (it joined later): hold.
+    case(0, Boot, true, vec![down(0), saw0(1), w(2, 16)])
+        .gives(Action::Wait(2), "older copy here, no safe force-load: hold");
     // HOLD_MAX: start anyway.
     case(0, Boot, true, vec![down(0), down(1), w(2, 200)])
         .after(120)

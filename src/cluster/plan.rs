@@ -219,7 +219,24 @@ fn hold_lowest(f: &Facts) -> Plan {
         .collect();
     if !known.is_empty() && waiting.len() == known.len() {
         let waited = waiting.iter().map(|n| n.uptime).min().unwrap_or(0);
-        if waited >= o.timing.load_grace {
+        // A waiting peer that saw this node go down holds a newer copy:
+        // starting here would have the orphan rule load this older one
+        // (found by tests/cluster_model.rs: a write made after chat-0 was
+        // killed, then every container killed, was lost). Have the lowest
+        // waiter load its own copy instead when that is what Mnesia would
+        // do without this node; else hold (HOLD_MAX still applies).
+        if waiting.iter().any(|n| n.saw_go_down(me)) {
+            if let Some(first) = lowest_waiter_to_load(f) {
+                return plan_of(
+                    Action::ForceLoad {
+                        node: first.clone(),
+                    },
+                    format!(
+                        "every other node waits for tables and saw {me} go down (this copy is older): {first} loads its own copy, as Mnesia would without {me}"
+                    ),
+                );
+            }
+        } else if waited >= o.timing.load_grace {
             return plan_of(
                 Action::Start,
                 format!(

@@ -84,6 +84,15 @@ pub fn go_down(w: &mut World, set: Mask) {
             v.down |= r;
         }
     }
+    // The join window: a node others joined has not written its marker
+    // yet, and some node goes down.
+    if w
+        .nodes
+        .iter()
+        .any(|n| n.pod && n.vm.mnesia_runs() && !n.marker && n.vol.is_some_and(|v| v.db.count_ones() > 1))
+    {
+        w.window = true;
+    }
     for k in members(set) {
         w.nodes[k].vm = Vm::Off;
     }
@@ -159,6 +168,12 @@ pub fn apply_move(w: &mut World, k: usize, m: Move, notes: &mut Notes) {
 }
 
 fn copy(w: &mut World, k: usize, j: usize, notes: &mut Notes) {
+    // The schemas merge: the source's cluster lists this holder too.
+    for x in members(w.cluster_of(j)) {
+        if let Some(v) = &mut w.nodes[x].vol {
+            v.db |= bit(k);
+        }
+    }
     let src = w.vol(j);
     let mine = w.vol(k);
     w.nodes[k].vol = Some(Volume {
@@ -211,10 +226,32 @@ pub fn own_load(w: &mut World, k: usize, cause: Cause, notes: &mut Notes) {
     notes.own_loads.push(OwnLoad { cause, blame });
 }
 
+/// What follows at once from a transition: a waiting Mnesia copies the
+/// tables as soon as a connected peer has them (Mnesia pushes them within
+/// milliseconds, before any client write could land on the loaded node
+/// alone), and incompatible cookies stop a node.
+pub fn settle(w: &mut World, notes: &mut Notes) {
+    loop {
+        let copy = (0..w.n()).find_map(|k| {
+            let n = &w.nodes[k];
+            if !n.pod || n.vm != Vm::Waiting {
+                return None;
+            }
+            match waiting_move(w, k) {
+                Some(Move::Copy(j)) => Some((k, j)),
+                _ => None,
+            }
+        });
+        let Some((k, j)) = copy else { break };
+        apply_move(w, k, Move::Copy(j), notes);
+    }
+    incompatible(w, notes);
+}
+
 /// "Incompatible schema cookies": a running Mnesia with X in its schema
 /// that meets X running another cookie stops, and its container exits
 /// (restart in place, Boot). Applied after every transition.
-pub fn incompatible(w: &mut World, notes: &mut Notes) {
+fn incompatible(w: &mut World, notes: &mut Notes) {
     loop {
         let bad = (0..w.n()).find(|&m| {
             let nm = &w.nodes[m];

@@ -144,6 +144,9 @@ pub struct World {
     pub replicas: usize,
     /// Source of new cookie and lineage ids.
     pub next_id: u16,
+    /// A node went down after others joined it but before it wrote its
+    /// marker (the join window): violations after it are classified.
+    pub window: bool,
 }
 
 impl World {
@@ -164,6 +167,7 @@ impl World {
             acked: 0,
             replicas: n,
             next_id: 0,
+            window: false,
         };
         for k in 0..n {
             w.create_pod(k);
@@ -196,7 +200,7 @@ impl World {
     }
 
     /// The nodes whose Mnesia `k`'s Mnesia is connected to: running, same
-    /// schema cookie, each in the other's schema (no partitions here).
+    /// schema cookie, one in the other's schema (no partitions here).
     pub fn connected(&self, k: usize) -> Mask {
         let Some(v) = self.nodes[k].vol else {
             return 0;
@@ -207,7 +211,9 @@ impl World {
                 continue;
             }
             let Some(vj) = nj.vol else { continue };
-            if vj.cookie == v.cookie && vj.db & bit(k) != 0 && v.db & bit(j) != 0 {
+            // One listing the other is enough: Mnesia connects to every
+            // node of its schema, and the two merge their schemas.
+            if vj.cookie == v.cookie && (vj.db & bit(k) != 0 || v.db & bit(j) != 0) {
                 m |= bit(j);
             }
         }
@@ -270,7 +276,7 @@ impl World {
         let rank = |v: u32| versions.binary_search(&v).expect("ranked") as u8;
         let mut key = Vec::with_capacity(2 + 7 * self.n());
         key.push(self.replicas as u8);
-        key.push(rank(self.acked));
+        key.push(rank(self.acked) | (self.window as u8) << 7);
         for n in &self.nodes {
             key.push(
                 n.pod as u8
