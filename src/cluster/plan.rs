@@ -201,6 +201,16 @@ fn hold_lowest(f: &Facts) -> Plan {
         .collect();
     known.sort();
     known.dedup();
+    // Every other pod is here without a database: no other copy to wait
+    // for, and holding only lets the empty pods start first (after
+    // LOAD_GRACE) with new schemas this node's Mnesia then refuses (found
+    // by tests/cluster_model.rs: chat-0 restarted for ever).
+    if known.is_empty() && peers(f).all(|n| n.state == NodeState::Empty) {
+        return plan_of(
+            Action::Start,
+            format!("{STARTING}; every other pod is here without a database"),
+        );
+    }
     if known.first().is_some_and(|lowest| lowest.as_str() < me) {
         return plan_of(
             Action::Start,

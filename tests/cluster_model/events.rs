@@ -137,10 +137,10 @@ pub fn apply(w: &mut World, e: Event, notes: &mut Notes) {
             w.acked += 1;
             let acked = w.acked;
             for j in members(w.cluster_of(r)) {
-                if w.nodes[j].vm.has_tables() {
-                    if let Some(v) = &mut w.nodes[j].vol {
-                        v.version = acked;
-                    }
+                if w.nodes[j].vm.has_tables()
+                    && let Some(v) = &mut w.nodes[j].vol
+                {
+                    v.version = acked;
                 }
             }
         }

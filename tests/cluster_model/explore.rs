@@ -135,7 +135,11 @@ enum Live {
     Full { newest: bool },
     /// Not full within the bound; `manual`: a waiting member waits for a
     /// schema node whose copy is gone and that it did not see go down.
-    Stuck { manual: bool, scaled: bool },
+    Stuck {
+        manual: bool,
+        scaled: bool,
+        gone: bool,
+    },
 }
 
 /// The verdict of the liveness run from one state.
@@ -153,6 +157,9 @@ pub enum Verdict {
     ManualStep,
     /// Stuck although the newest acknowledged copy survives.
     Stuck,
+    /// Stuck: a member waits for a node whose copy is gone although it saw
+    /// it go down (the record came after its Mnesia decided; known, open).
+    StuckCopyGone,
     /// Stuck: the members wait for a scaled-away node (known, open: the
     /// prune needs a started node).
     StuckScaledAway,
@@ -194,7 +201,8 @@ fn full(w: &World) -> Option<u32> {
 /// no copy of its schema any more and that it did not see go down (so that
 /// node may have gone down last: nobody can tell it was not). Its Mnesia
 /// waits, or keeps restarting on the lost node's new cookie.
-fn gone_last(w: &World) -> bool {
+/// `unseen`: only a node it did not see go down counts.
+fn gone_last(w: &World, unseen: bool) -> bool {
     w.nodes.iter().enumerate().any(|(j, n)| {
         n.pod
             && n.marker
@@ -202,7 +210,7 @@ fn gone_last(w: &World) -> bool {
                 (0..w.n()).any(|x| {
                     x != j
                         && v.db & (1 << x) != 0
-                        && v.down & (1 << x) == 0
+                        && (!unseen || v.down & (1 << x) == 0)
                         && w.nodes[x].cookie() != Some(v.cookie)
                 })
             })
@@ -210,12 +218,14 @@ fn gone_last(w: &World) -> bool {
 }
 
 fn stuck(w: &World) -> Live {
-    let scaled = w.nodes.iter().any(|n| {
-        n.pod && n.vm == Vm::Waiting && n.vol.is_some_and(|v| v.db >> w.replicas != 0)
-    });
+    let scaled = w
+        .nodes
+        .iter()
+        .any(|n| n.pod && n.vm == Vm::Waiting && n.vol.is_some_and(|v| v.db >> w.replicas != 0));
     Live::Stuck {
-        manual: gone_last(w),
+        manual: gone_last(w, true),
         scaled,
+        gone: gone_last(w, false),
     }
 }
 
@@ -430,6 +440,13 @@ impl Search {
                 idx,
                 true,
             );
+        } else if verdict == Verdict::StuckCopyGone {
+            self.violation(
+                w,
+                "known, waits for a lost copy it saw go down: (3) liveness".into(),
+                idx,
+                true,
+            );
         } else if verdict.is_violation() {
             self.violation(w, format!("(3) liveness: {verdict:?}"), idx, true);
         }
@@ -496,7 +513,13 @@ impl Search {
             Live::Stuck {
                 manual: false,
                 scaled: true,
+                ..
             } if survives => Verdict::StuckScaledAway,
+            Live::Stuck {
+                manual: false,
+                gone: true,
+                ..
+            } if survives => Verdict::StuckCopyGone,
             Live::Stuck { manual: false, .. } if survives => Verdict::Stuck,
             Live::Stuck { .. } => Verdict::ManualStep,
         }

@@ -86,11 +86,9 @@ pub fn go_down(w: &mut World, set: Mask) {
     }
     // The join window: a node others joined has not written its marker
     // yet, and some node goes down.
-    if w
-        .nodes
-        .iter()
-        .any(|n| n.pod && n.vm.mnesia_runs() && !n.marker && n.vol.is_some_and(|v| v.db.count_ones() > 1))
-    {
+    if w.nodes.iter().any(|n| {
+        n.pod && n.vm.mnesia_runs() && !n.marker && n.vol.is_some_and(|v| v.db.count_ones() > 1)
+    }) {
         w.window = true;
     }
     for k in members(set) {
