@@ -211,6 +211,6 @@ fn five_nodes() {
         false,
         sets,
         false,
-        1000,
+        10_000,
     );
 }
