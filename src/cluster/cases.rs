@@ -169,6 +169,25 @@ fn joins_the_established_cluster() {
         Action::Join { target: n(1) },
         "ordinal 0 joins a live cluster",
     );
+    // Found by tests/cluster_model.rs: chat-1 joined chat-0 before chat-0
+    // wrote its marker; chat-0's container was killed, came back without a
+    // marker and had chat-1 drop its entry. chat-1, alone in its schema,
+    // is the cluster (it saw chat-0 go down): chat-0 joins it instead of
+    // seeding a second cluster.
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0], &[0], 3, &[]),
+            seen(1, Started, &[1], &[1], 9, &[0]),
+            seen(2, Started, &[2], &[2], 9, &[]),
+        ],
+    )
+    .gives(
+        Action::Join { target: n(1) },
+        "a lone node that saw another go down is a cluster",
+    );
     // The cluster's members are still loading: wait, do not seed.
     case(
         0,
@@ -245,6 +264,18 @@ fn pod_deleted_or_all_down_with_volumes() {
         .gives(Action::Start, "all others waited the grace");
     case(0, Boot, true, vec![down(0), w(1, 16), w(2, 14)])
         .gives(Action::Wait(2), "one has waited less than the grace");
+    // Found by tests/cluster_model.rs: chat-0 killed (both saw it go), a
+    // write, then every container killed at once. The others wait for each
+    // other; chat-0's copy is the older one: starting it would have the
+    // orphan rule load it. The lowest waiter loads its own instead.
+    let saw0 = |k| seen(k, Waiting, ALL, &[k], 16, &[0]);
+    case(0, Boot, true, vec![down(0), saw0(1), saw0(2)]).gives(
+        Action::ForceLoad { node: n(1) },
+        "a waiting peer saw chat-0 go down: chat-0 must not start",
+    );
+    // One of them did not see chat-0 go (it joined later): hold.
+    case(0, Boot, true, vec![down(0), saw0(1), w(2, 16)])
+        .gives(Action::Wait(2), "older copy here, no safe force-load: hold");
     // HOLD_MAX: start anyway.
     case(0, Boot, true, vec![down(0), down(1), w(2, 200)])
         .after(120)
@@ -268,6 +299,11 @@ fn pod_deleted_or_all_down_with_volumes() {
         ],
     )
     .gives(Action::Wait(2), "chat-0 empty: chat-1 is the lowest holder");
+    // Found by tests/cluster_model.rs: chat-0 is the only copy left (the
+    // others' volumes lost): start at once, before the empty pods start
+    // new schemas that its Mnesia would refuse.
+    case(0, Boot, true, vec![down(0), empty(1), empty(2)])
+        .gives(Action::Start, "nobody else holds a copy");
     // A scaled-away node (pod gone) does not make us lowest-but-one.
     case(1, Boot, true, vec![down(1), down(2)]).gives(
         Action::Wait(2),

@@ -201,6 +201,16 @@ fn hold_lowest(f: &Facts) -> Plan {
         .collect();
     known.sort();
     known.dedup();
+    // Every other pod is here without a database: no other copy to wait
+    // for, and holding only lets the empty pods start first (after
+    // LOAD_GRACE) with new schemas this node's Mnesia then refuses (found
+    // by tests/cluster_model.rs: chat-0 restarted for ever).
+    if known.is_empty() && peers(f).all(|n| n.state == NodeState::Empty) {
+        return plan_of(
+            Action::Start,
+            format!("{STARTING}; every other pod is here without a database"),
+        );
+    }
     if known.first().is_some_and(|lowest| lowest.as_str() < me) {
         return plan_of(
             Action::Start,
@@ -219,7 +229,24 @@ fn hold_lowest(f: &Facts) -> Plan {
         .collect();
     if !known.is_empty() && waiting.len() == known.len() {
         let waited = waiting.iter().map(|n| n.uptime).min().unwrap_or(0);
-        if waited >= o.timing.load_grace {
+        // A waiting peer that saw this node go down holds a newer copy:
+        // starting here would have the orphan rule load this older one
+        // (found by tests/cluster_model.rs: a write made after chat-0 was
+        // killed, then every container killed, was lost). Have the lowest
+        // waiter load its own copy instead when that is what Mnesia would
+        // do without this node; else hold (HOLD_MAX still applies).
+        if waiting.iter().any(|n| n.saw_go_down(me)) {
+            if let Some(first) = lowest_waiter_to_load(f) {
+                return plan_of(
+                    Action::ForceLoad {
+                        node: first.clone(),
+                    },
+                    format!(
+                        "every other node waits for tables and saw {me} go down (this copy is older): {first} loads its own copy, as Mnesia would without {me}"
+                    ),
+                );
+            }
+        } else if waited >= o.timing.load_grace {
             return plan_of(
                 Action::Start,
                 format!(
@@ -375,7 +402,11 @@ fn join(f: &Facts) -> Plan {
             if !n.runs_with(me) {
                 listed_by.get_or_insert(n.node.as_str());
             }
-        } else if n.db_nodes.len() > 1 {
+        } else if n.db_nodes.len() > 1 || !n.saw_down.is_empty() {
+            // Its schema has more nodes than itself, or it saw a node go
+            // down (a node alone in a fresh schema meets nobody): it is
+            // the cluster, even alone (it joined us before we wrote our
+            // marker, we restarted and had it drop our entry).
             seed_ok = false;
             if n.state == NodeState::Started {
                 target.get_or_insert(n.node.clone());

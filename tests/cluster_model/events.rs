@@ -1,0 +1,162 @@
+//! The external events: what Kubernetes, the machines and the clients do.
+
+use std::fmt;
+
+use super::mnesia::{Notes, go_down};
+use super::world::{Mask, Vm, World, bit, members};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// The StatefulSet creates pod k (same volume unless lost).
+    Create(usize),
+    /// Pod k deleted: SIGTERM, `ejabberdctl stop`, pod gone.
+    Delete(usize),
+    /// Pod k's container killed (SIGKILL), restarted in place.
+    Kill(usize),
+    /// Every running container killed at once (none sees another go).
+    KillAll,
+    /// A machine failure: these pods freeze together, then die, pods gone.
+    Machine(Mask),
+    /// Pod k's volume lost (only while its pod is absent).
+    LoseVolume(usize),
+    /// A client write, acknowledged by the cluster's loaded nodes.
+    Write,
+    /// replicas N -> N-1: the last pod deleted, its volume deleted.
+    ScaleDown,
+    /// replicas N-1 -> N: the last pod created, empty.
+    ScaleUp,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Create(k) => write!(f, "create pod chat-{k}"),
+            Event::Delete(k) => write!(f, "delete pod chat-{k}"),
+            Event::Kill(k) => write!(f, "kill container chat-{k}"),
+            Event::KillAll => write!(f, "kill every container"),
+            Event::Machine(m) => write!(
+                f,
+                "machine failure of {:?} (freeze, kill, pods gone)",
+                members(*m).collect::<Vec<_>>()
+            ),
+            Event::LoseVolume(k) => write!(f, "lose the volume of chat-{k}"),
+            Event::Write => write!(f, "write"),
+            Event::ScaleDown => write!(f, "scale down"),
+            Event::ScaleUp => write!(f, "scale up"),
+        }
+    }
+}
+
+/// Which events the model offers.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// The sets of pods a machine failure may take.
+    pub machine_sets: Vec<Mask>,
+    pub scale: bool,
+}
+
+/// A node with the cluster's tables that clients reach (Ready).
+fn ready(w: &World, k: usize) -> bool {
+    let n = &w.nodes[k];
+    n.pod && n.vm == Vm::Started && n.marker
+}
+
+pub fn enabled(w: &World, faults: &Faults) -> Vec<Event> {
+    let n = w.n();
+    let mut v = Vec::new();
+    for k in 0..n {
+        let node = &w.nodes[k];
+        if !node.pod && k < w.replicas {
+            v.push(Event::Create(k));
+        }
+        if node.pod {
+            v.push(Event::Delete(k));
+        }
+        if node.pod && node.vm != Vm::Off {
+            v.push(Event::Kill(k));
+        }
+        if !node.pod && (node.vol.is_some() || node.marker) {
+            v.push(Event::LoseVolume(k));
+        }
+    }
+    let running = (0..n).filter(|&k| w.nodes[k].pod && w.nodes[k].vm != Vm::Off);
+    if running.count() >= 2 {
+        v.push(Event::KillAll);
+    }
+    for &m in &faults.machine_sets {
+        if members(m).all(|k| k < n && w.nodes[k].pod) {
+            v.push(Event::Machine(m));
+        }
+    }
+    if (0..n).any(|k| ready(w, k)) {
+        v.push(Event::Write);
+    }
+    if faults.scale && w.replicas == n {
+        v.push(Event::ScaleDown);
+    }
+    if faults.scale && w.replicas + 1 == n {
+        v.push(Event::ScaleUp);
+    }
+    v
+}
+
+pub fn apply(w: &mut World, e: Event, notes: &mut Notes) {
+    notes.say(w.now, || format!("== {e}"));
+    let n = w.n();
+    match e {
+        Event::Create(k) => w.create_pod(k),
+        Event::Delete(k) => {
+            go_down(w, bit(k));
+            w.nodes[k].pod = false;
+        }
+        Event::Kill(k) => {
+            go_down(w, bit(k));
+            w.restart_container(k);
+        }
+        Event::KillAll => {
+            let set = (0..n)
+                .filter(|&k| w.nodes[k].pod && w.nodes[k].vm != Vm::Off)
+                .fold(0, |m, k| m | bit(k));
+            go_down(w, set);
+            for k in members(set) {
+                w.restart_container(k);
+            }
+        }
+        Event::Machine(set) => {
+            go_down(w, set);
+            for k in members(set) {
+                w.nodes[k].pod = false;
+            }
+        }
+        Event::LoseVolume(k) => {
+            w.nodes[k].vol = None;
+            w.nodes[k].marker = false;
+        }
+        Event::Write => {
+            let r = (0..n).find(|&k| ready(w, k)).expect("a ready node");
+            w.acked += 1;
+            let acked = w.acked;
+            for j in members(w.cluster_of(r)) {
+                if w.nodes[j].vm.has_tables()
+                    && let Some(v) = &mut w.nodes[j].vol
+                {
+                    v.version = acked;
+                }
+            }
+        }
+        Event::ScaleDown => {
+            w.replicas = n - 1;
+            let k = n - 1;
+            if w.nodes[k].pod {
+                go_down(w, bit(k));
+                w.nodes[k].pod = false;
+            }
+            w.nodes[k].vol = None;
+            w.nodes[k].marker = false;
+        }
+        Event::ScaleUp => {
+            w.replicas = n;
+            w.create_pod(n - 1);
+        }
+    }
+}
