@@ -27,6 +27,7 @@ fn seen(k: u32, state: NodeState, db: &[u32], run: &[u32], up: u64, saw: &[u32])
         running_db_nodes: ns(run),
         uptime: up,
         saw_down: ns(saw),
+        clustered: false,
     }
 }
 
@@ -115,9 +116,15 @@ fn first_start_empty_volumes() {
         Action::Seed,
         "ordinal 0 seeds when all answer, none clustered",
     );
-    // The others join chat-0 then.
+    // The others join chat-0 once it has seeded (its marker), not before.
     case(2, Joining, false, vec![alone(2), alone(0), alone(1)])
-        .gives(Action::Join { target: n(0) }, "others join ordinal 0");
+        .gives(Action::Wait(3), "chat-0 has not seeded yet");
+    let mut seeded = alone(0);
+    seeded.clustered = true;
+    case(2, Joining, false, vec![alone(2), seeded, alone(1)]).gives(
+        Action::Join { target: n(0) },
+        "others join ordinal 0 once seeded",
+    );
     // A pod that is not there yet (replicas 3, only 2 pods): nobody seeds.
     case(0, Joining, false, vec![alone(0), alone(1)])
         .gives(Action::Wait(3), "a pod the StatefulSet wants is missing");
@@ -172,21 +179,40 @@ fn joins_the_established_cluster() {
     // Found by tests/cluster_model.rs: chat-1 joined chat-0 before chat-0
     // wrote its marker; chat-0's container was killed, came back without a
     // marker and had chat-1 drop its entry. chat-1, alone in its schema,
-    // is the cluster (it saw chat-0 go down): chat-0 joins it instead of
-    // seeding a second cluster.
+    // is the cluster (its volume has the marker): chat-0 joins it instead
+    // of seeding a second cluster.
+    let mut lone = seen(1, Started, &[1], &[1], 9, &[0]);
+    lone.clustered = true;
     case(
         0,
         Joining,
         false,
         vec![
             seen(0, Started, &[0], &[0], 3, &[]),
-            seen(1, Started, &[1], &[1], 9, &[0]),
+            lone.clone(),
             seen(2, Started, &[2], &[2], 9, &[]),
         ],
     )
     .gives(
         Action::Join { target: n(1) },
-        "a lone node that saw another go down is a cluster",
+        "a lone node with a marker is a cluster",
+    );
+    // The same without its down record (the node it saw go was pruned
+    // since): the marker alone decides.
+    lone.saw_down.clear();
+    case(
+        0,
+        Joining,
+        false,
+        vec![
+            seen(0, Started, &[0], &[0], 3, &[]),
+            lone,
+            seen(2, Started, &[2], &[2], 9, &[]),
+        ],
+    )
+    .gives(
+        Action::Join { target: n(1) },
+        "a lone node with a marker is a cluster, records or not",
     );
     // The cluster's members are still loading: wait, do not seed.
     case(

@@ -75,6 +75,11 @@ pub struct NodeFact {
     /// down and has not met since (`mnesia_recover:has_mnesia_down/1`).
     #[serde(default)]
     pub saw_down: Vec<String>,
+    /// Its volume holds the entrypoint's marker (in Mnesia's directory):
+    /// its database is a cluster's, even if its schema lists only itself
+    /// (the others dropped it, or were dropped). False when down.
+    #[serde(default)]
+    pub clustered: bool,
 }
 
 impl NodeFact {

@@ -369,7 +369,7 @@ fn lowest_waiter_to_load(f: &Facts) -> Option<String> {
 /// (a node whose schema has more nodes than itself); only ordinal 0 seeds
 /// a new cluster, and only when every other pod answers, every pod the
 /// replica count asks for is among them, and none belongs to a cluster;
-/// the others join ordinal 0 then. Whoever cannot decide waits (and fails
+/// the others join ordinal 0 once it has (its marker is written). Whoever cannot decide waits (and fails
 /// after the join timeout): never a second cluster beside a live one.
 fn join(f: &Facts) -> Plan {
     let o = &f.obs;
@@ -388,7 +388,6 @@ fn join(f: &Facts) -> Plan {
     }
     let mut target = None;
     let mut seed_ok = true;
-    let mut zero = None;
     let mut listed_by = None;
     for n in peers(f) {
         if matches!(n.state, NodeState::Down | NodeState::Empty) {
@@ -402,17 +401,16 @@ fn join(f: &Facts) -> Plan {
             if !n.runs_with(me) {
                 listed_by.get_or_insert(n.node.as_str());
             }
-        } else if n.db_nodes.len() > 1 || !n.saw_down.is_empty() {
-            // Its schema has more nodes than itself, or it saw a node go
-            // down (a node alone in a fresh schema meets nobody): it is
-            // the cluster, even alone (it joined us before we wrote our
-            // marker, we restarted and had it drop our entry).
+        } else if n.db_nodes.len() > 1 || n.clustered {
+            // Its schema has more nodes than itself, or its volume says it
+            // seeded or joined a cluster: it is the cluster, even alone
+            // (found by tests/cluster_model.rs: it joined us before we
+            // wrote our marker, we restarted and had it drop our entry; or
+            // the others were pruned).
             seed_ok = false;
             if n.state == NodeState::Started {
                 target.get_or_insert(n.node.clone());
             }
-        } else if f.naming.ordinal(&n.node) == Some(0) && n.state == NodeState::Started {
-            zero = Some(n.node.clone());
         }
     }
     if let Some(by) = listed_by
@@ -441,14 +439,16 @@ fn join(f: &Facts) -> Plan {
             seed_ok = false;
         }
     }
-    if target.is_none() && seed_ok {
-        if f.naming.ordinal(me) == Some(0) {
-            return plan_of(
-                Action::Seed,
-                format!("no other node belongs to a cluster: {me} seeds a new cluster"),
-            );
-        }
-        target = zero;
+    // Only ordinal 0 seeds. The others join it once it has (its marker
+    // says so: the branch above), never before: a node joined before it
+    // decided would have no marker to come back with (found by
+    // tests/cluster_model.rs: killed in that window, ordinal 0 restarted
+    // empty while its joiner waited for its tables for ever).
+    if target.is_none() && seed_ok && f.naming.ordinal(me) == Some(0) {
+        return plan_of(
+            Action::Seed,
+            format!("no other node belongs to a cluster: {me} seeds a new cluster"),
+        );
     }
     if let Some(target) = target {
         return plan_of(

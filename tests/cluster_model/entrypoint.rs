@@ -47,6 +47,8 @@ fn node_fact(w: &World, j: usize, asked: Mask) -> NodeFact {
         running_db_nodes: names(run),
         uptime,
         saw_down: names(saw),
+        // The probe reads the marker through the node's VM: not when down.
+        clustered: nj.marker && !matches!(state, NodeState::Down | NodeState::Empty),
     }
 }
 

@@ -24,7 +24,8 @@ HOSTS_FILE=${KUBE_EPMD_HOSTS_FILE:-/var/run/kube-epmd/hosts}
 REPLICAS_FILE=${KUBE_EPMD_REPLICAS_FILE:-${HOSTS_FILE%/*}/replicas}
 ADMIN=${KUBE_EPMD_ADMIN:-127.0.0.1:9090}
 PROBE=${CLUSTER_PROBE:-$(cd "${0%/*}" && pwd)/cluster-probe.erl}
-MARKER=${CLUSTER_SPOOL_DIR:-/opt/ejabberd/database}/.kube-epmd-clustered
+SPOOL=${CLUSTER_SPOOL_DIR:-/opt/ejabberd/database}
+MARKER=$SPOOL/.kube-epmd-clustered
 READY_FLAG=${CLUSTER_READY_FLAG:-/tmp/kube-epmd-clustered}
 PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
 TIMING="${CLUSTER_LOAD_GRACE:-15} ${CLUSTER_HOLD_MAX:-120} ${CLUSTER_JOIN_TIMEOUT:-300}"
@@ -142,6 +143,14 @@ prune_loop() {
     done
 }
 
+# Without the marker the database is not the cluster's (a join the container
+# did not live to record: the members may have dropped it since): start
+# empty. Only Mnesia's files go (the image keeps other files there).
+fresh_db() {
+    for f in "$SPOOL"/*.DAT "$SPOOL"/*.DCD "$SPOOL"/*.DCL "$SPOOL"/*.LOG "$SPOOL"/*.BUP "$SPOOL"/*.TMP; do
+        [ -e "$f" ] && log "no marker: $f is not the cluster's, removed" && rm -f "$f"
+    done
+}
 in_cluster() { : > "$MARKER" || fail "cannot write $MARKER"; }
 
 run() {
@@ -162,6 +171,7 @@ run() {
         case $action in
             wait) pause "${arg:-3}" ;;
             start)
+                [ -e "$MARKER" ] || fresh_db
                 beacon_stop && start_vm
                 if [ -e "$MARKER" ]; then phase=running; else phase=joining t_phase=$(date +%s); fi ;;
             drop-stale) ctl --node "$arg" leave_cluster "$me" || pause 3 ;;

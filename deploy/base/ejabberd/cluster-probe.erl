@@ -305,26 +305,30 @@ FetchNodes = fun(Admin, Self) ->
 %% which of the other observed nodes its Mnesia saw go down (mnesia_recover
 %% keeps these records across restarts until the two meet again: at boot
 %% a node loads its own copy when it saw every other holder go, else it
-%% waits). Only a running Mnesia is asked that.
+%% waits). Only a running Mnesia is asked that. And whether its volume
+%% holds the entrypoint's marker (.kube-epmd-clustered in Mnesia's
+%% directory): its database is a cluster's (it seeded or joined one), even
+%% when its schema lists only itself.
 ObserveNode = fun(Node, Observed) ->
                       Call = fun(M, F, A) -> rpc:call(Node, M, F, A, RpcTimeoutMs) end,
                       Names = fun(L) when is_list(L) -> [NodeBin(N) || N <- L, is_atom(N)];
                                  (_) -> []
                               end,
-                      Fact = fun(State, Db, Running, Uptime, SawDown) ->
+                      Fact = fun(State, Db, Running, Uptime, SawDown, Clustered) ->
                                      {object, [{<<"node">>, NodeBin(Node)},
                                                {<<"state">>, atom_to_binary(State, utf8)},
                                                {<<"db_nodes">>, Names(Db)},
                                                {<<"running_db_nodes">>, Names(Running)},
                                                {<<"uptime">>, Uptime},
-                                               {<<"saw_down">>, Names(SawDown)}]}
+                                               {<<"saw_down">>, Names(SawDown)},
+                                               {<<"clustered">>, Clustered}]}
                              end,
                       case net_adm:ping(Node) of
                           pang ->
                               Beacon = list_to_atom("cluster-empty-" ++ atom_to_list(Node)),
                               case net_adm:ping(Beacon) of
-                                  pong -> Fact(empty, [], [], 0, []);
-                                  pang -> Fact(down, [], [], 0, [])
+                                  pong -> Fact(empty, [], [], 0, [], false);
+                                  pang -> Fact(down, [], [], 0, [], false)
                               end;
                           pong ->
                               Db = Call(mnesia, system_info, [db_nodes]),
@@ -354,7 +358,13 @@ ObserveNode = fun(Node, Observed) ->
                                                           Call(mnesia_recover, has_mnesia_down, [Other]) =:= true];
                                             false -> []
                                         end,
-                              Fact(State, Db, Running, Uptime, SawDown)
+                              Clustered = case Call(mnesia, system_info, [directory]) of
+                                              Dir when is_list(Dir) ->
+                                                  Marker = filename:join(Dir, ".kube-epmd-clustered"),
+                                                  Call(filelib, is_regular, [Marker]) =:= true;
+                                              _ -> false
+                                          end,
+                              Fact(State, Db, Running, Uptime, SawDown, Clustered)
                       end
               end,
 %% Every node at once (a node that does not answer costs a connect
