@@ -613,6 +613,33 @@ fn probe_reports_the_mnesia_facts_of_real_nodes() {
         q.fact(&a).state == State::Loaded
     });
     assert!(q.fact(&a).saw_down.is_empty());
+
+    // clustered: the entrypoint's marker in a node's Mnesia directory.
+    assert!(!q.fact(&a).clustered, "no marker yet: {:?}", q.fact(&a));
+    let dir = |short: &str| bed.dir.path().join(format!("mnesia-{short}"));
+    std::fs::write(dir("a").join(".kube-epmd-clustered"), "").expect("marker");
+    let q = bed.query(&a);
+    assert!(q.fact(&a).clustered, "{:?}", q.fact(&a));
+    assert!(!q.fact(&b).clustered, "down: not asked");
+
+    // schema DIR SELF: the schema on disc without starting Mnesia, SELF
+    // left out; nothing for a directory without one.
+    for (who, want) in [
+        ("b", vec![a.clone(), c.clone()]),
+        ("c", vec![a.clone(), b.clone()]),
+    ] {
+        let d = dir(who).display().to_string();
+        let (code, out, err, _) = bed.probe(&["schema", &d, &node(who)]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            names(&out.lines().collect::<Vec<_>>()),
+            want,
+            "{who}: {out}"
+        );
+    }
+    let none = bed.dir.path().join("no-schema").display().to_string();
+    let (code, out, err, _) = bed.probe(&["schema", &none, &a]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
 }
 
 /// The HTTP side without Mnesia: what the sidecar gets and what the probe
@@ -761,6 +788,8 @@ fn probe_exits_2_on_bad_arguments() {
         plan("boot", "true", ""),
         vec!["force-load".into()],
         vec!["force-load".into(), "nohost".into()],
+        vec!["schema".into(), "/tmp".into()],
+        vec!["schema".into(), "/tmp".into(), "nohost".into()],
     ];
     for args in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

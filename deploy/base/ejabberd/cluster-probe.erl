@@ -15,6 +15,8 @@
 %%                        observe as query does, POST the facts to
 %%                        http://ADMIN/cluster/plan and print its answer
 %%                        (two lines: the action, then the reason) verbatim
+%%   schema DIR SELF      print the nodes of the Mnesia schema on disc in DIR
+%%                        but SELF, Mnesia not started
 %%   force-load NODE      MANUAL ESCAPE HATCH, loses data (see the
 %%                        entrypoint's header): NODE loads every local
 %%                        table from its own disc copy now
@@ -73,6 +75,7 @@ ProbeUsage =
     "  plan ADMIN SELF PHASE MARKER SINCE_START SINCE_PHASE LOAD_GRACE HOLD_MAX JOIN_TIMEOUT\n"
     "       (PHASE boot|joining|running, MARKER true|false, the rest non-negative integers)\n"
     "  force-load NODE\n"
+    "  schema DIR SELF\n"
     "ADMIN is the sidecar's admin address, host:port",
 BadArg = fun(Format, FormatArgs) ->
                  ProbeFail(2, "~ts~n~ts", [io_lib:format(Format, FormatArgs), ProbeUsage])
@@ -465,6 +468,19 @@ ProbeMain =
             EmitStdout(SidecarCall(Admin, "POST", "/cluster/plan", "application/json", Body));
        (["force-load", NodeArg]) ->
             ForceLoad(ArgNode("NODE", NodeArg));
+       (["schema", DirArg, SelfArg]) ->
+            %% The nodes of the schema on disc in DIR, read by this hidden
+            %% node's Mnesia without starting it (its db_nodes come from
+            %% the disc then; just this node when DIR holds no schema).
+            %% The entrypoint asks this while ejabberd does not run.
+            ok = case application:load(mnesia) of
+                     ok -> ok;
+                     {error, {already_loaded, mnesia}} -> ok
+                 end,
+            ok = application:set_env(mnesia, dir, DirArg),
+            Self = ArgNode("SELF", SelfArg),
+            Nodes = [N || N <- mnesia:system_info(db_nodes), N =/= node(), N =/= Self],
+            EmitStdout([[NodeBin(N), $\n] || N <- Nodes]);
        (Other) ->
             BadArg("unknown mode or wrong number of arguments: ~tp", [Other])
     end,
