@@ -121,9 +121,19 @@ fn first_start_empty_volumes() {
         .gives(Action::Wait(3), "chat-0 has not seeded yet");
     let mut seeded = alone(0);
     seeded.clustered = true;
-    case(2, Joining, false, vec![alone(2), seeded, alone(1)]).gives(
+    case(2, Joining, false, vec![alone(2), seeded.clone(), alone(1)])
+        .gives(Action::Wait(2), "chat-1 joins first: one join at a time");
+    case(1, Joining, false, vec![alone(1), seeded.clone(), alone(2)]).gives(
         Action::Join { target: n(0) },
         "others join ordinal 0 once seeded",
+    );
+    let mut joined = seen(1, Started, &[0, 1], &[0, 1], 5, &[]);
+    joined.clustered = true;
+    case(2, Joining, false, vec![alone(2), seeded.clone(), joined])
+        .gives(Action::Join { target: n(0) }, "chat-1 is in: chat-2's turn");
+    case(2, Joining, false, vec![alone(2), seeded, down(1)]).gives(
+        Action::Join { target: n(0) },
+        "a lower pod that is down does not hold a join",
     );
     // A pod that is not there yet (replicas 3, only 2 pods): nobody seeds.
     case(0, Joining, false, vec![alone(0), alone(1)])

@@ -451,6 +451,24 @@ fn join(f: &Facts) -> Plan {
         );
     }
     if let Some(target) = target {
+        // One join at a time, lowest ordinal first: two nodes joining at
+        // once can leave one of them waiting for a table for ever (seen with
+        // ejabberd 23.01: `passwd` never loaded on chat-2 while chat-1 and
+        // chat-2 joined chat-0 together). So wait while a lower pod that is
+        // here is not a member yet; it never waits for a higher one.
+        let mine = f.naming.ordinal(me);
+        if let Some(lower) = peers(f).find(|n| {
+            n.node != target
+                && f.naming.ordinal(&n.node) < mine
+                && n.state != NodeState::Down
+                && !n.clustered
+                && n.db_nodes.len() <= 1
+        }) {
+            return plan_of(
+                Action::Wait(2),
+                format!("{} joins first (one join at a time)", lower.node),
+            );
+        }
         return plan_of(
             Action::Join {
                 target: target.clone(),

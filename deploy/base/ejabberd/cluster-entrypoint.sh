@@ -182,7 +182,14 @@ run() {
                 if [ -e "$MARKER" ]; then phase=running; else phase=joining t_phase=$(date +%s); fi ;;
             drop-stale) ctl --node "$arg" leave_cluster "$me" || pause 3 ;;
             force-load) probe force-load "$arg" >&2 || pause 3 ;;
-            seed | joined) in_cluster && phase=running ;;
+            seed) in_cluster && phase=running ;;
+            # A join ejabberdctl reported failed may have happened: the
+            # database is the cluster's now; an ejabberd stuck after it
+            # restarts, as a member.
+            joined)
+                in_cluster
+                wait_started || fail "ejabberd did not start after joining"
+                phase=running ;;
             join)
                 if ctl join_cluster "$arg"; then
                     wait_started || fail "ejabberd did not start again after join_cluster"
