@@ -38,7 +38,9 @@ stamp_name=.kube-epmd-forky-root
 
 mirror=${FORKY_MIRROR:-}
 if [ -z "$mirror" ]; then
+  # shellcheck disable=SC1091 # the host's
   . /etc/os-release
+  # shellcheck disable=SC2016 # apt's own $(FIELD) syntax
   mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(TARGET_OF)' 2>/dev/null |
     awk -v rel="${VERSION_CODENAME:-}" '$2 == rel && $3 == "deb" { print $1; exit }')
   [ -n "$mirror" ] ||
@@ -84,7 +86,9 @@ rm -rf "$new"
 trap 'rm -rf "$new"' EXIT
 t0=$(date +%s)
 echo "forky-root: building $dir ($want)"
+# shellcheck disable=SC2016 # "$1" is mmdebstrap's hook argument, the root
 policy='printf "#!/bin/sh\nexit 101\n" > "$1/usr/sbin/policy-rc.d" && chmod 755 "$1/usr/sbin/policy-rc.d"'
+# shellcheck disable=SC2016 # as above
 mmdebstrap --quiet --mode=root --variant="$variant" \
   --aptopt='Acquire::Check-Valid-Until "false"' \
   --aptopt='APT::Install-Recommends "false"' \

@@ -16,6 +16,12 @@
 //! rolling update, a lost volume, scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
 //! exactly the expected nodes, the schema (Mnesia `db_nodes`, read by an
 //! independent `erl` probe) too, and users registered before exist.
+//!
+//! Each scenario runs once per ejabberd flavour ([`Flavour`]): the host's
+//! packages (bookworm: ejabberd 23.01 on OTP 25), and Debian forky's
+//! (ejabberd 26.07 on OTP 29) from the root directory that
+//! scripts/forky-root.sh makes and `KUBE_EPMD_EJABBERD_ROOT` names, the
+//! container's commands chrooted into it (chroot.rs).
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -57,6 +63,13 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    fn name(&self) -> &'static str {
+        match self {
+            Flavour::Host => "lifecycle",
+            Flavour::Root(_) => "lifecycle otp29",
+        }
+    }
+
     /// `tag` for this flavour's namespaces and scratch directory.
     fn tag(&self, tag: &str) -> String {
         match self {
@@ -115,6 +128,13 @@ struct Container {
     script: Option<Child>,
 }
 
+/// A figure of this test, naming the flavour it ran on.
+macro_rules! say {
+    ($chat:expr, $($arg:tt)*) => {
+        report!("{}: {}", $chat.name, format!($($arg)*))
+    };
+}
+
 /// The busybox inside a root (forky-root.sh installs it).
 const ROOT_BUSYBOX: &str = "/usr/bin/busybox";
 
@@ -125,6 +145,8 @@ struct Chat {
     c: Cluster,
     /// `Some` for [`Flavour::Root`]: the container runs chrooted there.
     root: Option<Root>,
+    /// What the figures it reports start with: the flavour.
+    name: &'static str,
     pods: Vec<Container>,
     home: PathBuf,
     uid: u32,
@@ -180,6 +202,7 @@ impl Chat {
         let mut chat = Chat {
             c,
             root,
+            name: flavour.name(),
             pods: Vec::new(),
             home,
             uid,
@@ -739,8 +762,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.one_seed()?;
-    report!(
-        "lifecycle: first start, 3 pods in parallel (2, 1, 0): one cluster of 3 in {:?} \
+    say!(
+        chat,
+        "first start, 3 pods in parallel (2, 1, 0): one cluster of 3 in {:?} \
          (list_cluster full {d:?} after the last Ready)",
         t.elapsed()
     );
@@ -759,8 +783,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
     check(chat.log(1).contains("clustered before"), || chat.log(1))?;
-    report!(
-        "lifecycle: chat-1 deleted: full cluster {:?} after recreation ({:?} with the stop)",
+    say!(
+        chat,
+        "chat-1 deleted: full cluster {:?} after recreation ({:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
     );
@@ -773,8 +798,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_all_ready(&ALL).await?;
     let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: all 3 deleted at once: full cluster {:?} after recreation \
+    say!(
+        chat,
+        "all 3 deleted at once: full cluster {:?} after recreation \
          (list_cluster full {d:?} after the last Ready; {:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -798,8 +824,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     check(since.contains("a peer has the tables loaded"), || {
         since.clone()
     })?;
-    report!(
-        "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
+    say!(
+        chat,
+        "stopped 0, 1, 2 in turn with writes in between: full cluster with every \
          user {:?} after recreation ({:?} with the stops)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -827,8 +854,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
             && !since.contains("seeds a new cluster"),
         || format!("chat-0 (empty volume) did not get the others loaded and join:\n{since}"),
     )?;
-    report!(
-        "lifecycle: chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
+    say!(
+        chat,
+        "chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
          full cluster with every user {:?} after recreation (list_cluster full {d:?} after the \
          last Ready; {:?} with the stops)",
         back,
@@ -850,8 +878,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_all_ready(&ALL).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: every container killed at once (SIGKILL), restarted in place: full \
+    say!(
+        chat,
+        "every container killed at once (SIGKILL), restarted in place: full \
          cluster with every user {:?} after the crash",
         t.elapsed()
     );
@@ -867,14 +896,16 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
         chat.create(&[k]).await?;
         chat.wait_ready(k, FULL_LIMIT).await?;
         chat.wait_full(&ALL, FULL_LIMIT).await?;
-        report!(
-            "lifecycle: rolling update: chat-{k} replaced in {:?}",
+        say!(
+            chat,
+            "rolling update: chat-{k} replaced in {:?}",
             tk.elapsed()
         );
     }
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: rolling update of 3 pods in {:?}, never below 2 answering",
+    say!(
+        chat,
+        "rolling update of 3 pods in {:?}, never below 2 answering",
         t.elapsed()
     );
 
@@ -891,8 +922,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     check(chat.log(2).contains("removing the stale entry"), || {
         chat.log(2)
     })?;
-    report!(
-        "lifecycle: chat-2 lost its volume: back in the cluster with the users {:?} after \
+    say!(
+        chat,
+        "chat-2 lost its volume: back in the cluster with the users {:?} after \
          recreation ({:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -937,8 +969,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
         !chat.pods[0].tmp.join("ready").exists() && !chat.pods[1].tmp.join("ready").exists(),
         || "chat-0 or chat-1 Ready without chat-2's tables".into(),
     )?;
-    report!(
-        "lifecycle: last node down gone for good: chat-1 waits for its tables, chat-0 holds \
+    say!(
+        chat,
+        "last node down gone for good: chat-1 waits for its tables, chat-0 holds \
          back ({})",
         waiting.trim()
     );
@@ -954,8 +987,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     check(!left.contains("only_on_the_lost_node"), || {
         format!("a user only the lost node had survived force-load?: {left}")
     })?;
-    report!(
-        "lifecycle: force-load in chat-1: chat-0 and chat-1 in the cluster {:?} later (the user written only on the lost node is gone, as documented)",
+    say!(
+        chat,
+        "force-load in chat-1: chat-0 and chat-1 in the cluster {:?} later (the user written only on the lost node is gone, as documented)",
         t_force.elapsed()
     );
     chat.create(&[2]).await?;
@@ -963,8 +997,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: a new empty chat-2 joined after the force-load; escape hatch round trip {:?}",
+    say!(
+        chat,
+        "a new empty chat-2 joined after the force-load; escape hatch round trip {:?}",
         t.elapsed()
     );
 
@@ -1001,8 +1036,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     }
     chat.wait_full(&[0, 1], Duration::from_secs(30)).await?;
     chat.schema_is(&[0, 1]).await?;
-    report!(
-        "lifecycle: scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
+    say!(
+        chat,
+        "scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
          scale (last seen at {d:?})",
         t.elapsed()
     );
@@ -1018,8 +1054,9 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.schema_is(&ALL).await?;
     chat.users_everywhere(&ALL, &users).await?;
     check(chat.log(2).contains("joined the cluster"), || chat.log(2))?;
-    report!(
-        "lifecycle: scale 2 -> 3: the new empty chat-2 joined in {:?}",
+    say!(
+        chat,
+        "scale 2 -> 3: the new empty chat-2 joined in {:?}",
         t.elapsed()
     );
 
@@ -1055,15 +1092,16 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.one_seed()?;
-    report!(
-        "lifecycle: first start with chat-0 created {:?} after chat-2 and chat-1: one cluster \
+    say!(
+        chat,
+        "first start with chat-0 created {:?} after chat-2 and chat-1: one cluster \
          of 3, {:?} after chat-0 was created",
         t0 - t,
         t0.elapsed()
     );
 
     chat.delete(&ALL).await?;
-    report!("lifecycle: total {:?}", t_all.elapsed());
+    say!(chat, "total {:?}", t_all.elapsed());
     Ok(())
 }
 
@@ -1144,8 +1182,9 @@ async fn lost_higher_volume(flavour: Flavour) -> Result<(), String> {
         since.contains("removing the stale entry") && since.contains("joined the cluster through"),
         || format!("chat-2 (empty volume) did not drop its entry and join:\n{since}"),
     )?;
-    report!(
-        "lifecycle: chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
+    say!(
+        chat,
+        "chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
          cluster with every user {:?} after recreation (list_cluster full {d:?} after the last \
          Ready; {:?} with the stops)",
         back,
