@@ -100,7 +100,8 @@ fi
 
 # ejabberd 26.07 on OTP 29 from Debian forky, in a root of its own (about
 # 150 MB; under a minute to build, instant when already complete).
-if ! skipping forky; then
+# Its tests need network namespaces: skipping root or netns skips them too.
+if ! skipping forky && ! skipping root && ! skipping netns; then
   if $is_root && command -v mmdebstrap >/dev/null; then
     if bash scripts/forky-root.sh "$forky_root" </dev/null; then
       export KUBE_EPMD_EJABBERD_ROOT=$forky_root
