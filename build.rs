@@ -15,6 +15,7 @@ const PREREQS: &[(&str, &[&str])] = &[
     ("rabbitmq", &["skip_rabbitmq"]),
     ("kubectl", &["skip_kubectl"]),
     ("busybox", &["skip_busybox"]),
+    ("forky", &["skip_forky"]),
     ("nofile", &["skip_nofile"]),
     ("otp-suite", &["skip_otp_suite"]),
 ];

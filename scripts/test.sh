@@ -3,8 +3,10 @@
 #
 # As root on Debian it installs what is missing (erlang-base,
 # erlang-common-test, erlang-dev, ejabberd and rabbitmq-server with their
-# services kept from starting, iproute2, busybox, xz-utils), raises the open-file limit, fetches OTP's
-# epmd_SUITE from Debian's source package, and runs `cargo test`.
+# services kept from starting, iproute2, busybox, xz-utils, mmdebstrap), raises the open-file limit, fetches OTP's
+# epmd_SUITE from Debian's source package, builds the forky root of the
+# second ejabberd flavour (scripts/forky-root.sh; reused when complete) and
+# exports KUBE_EPMD_EJABBERD_ROOT, and runs `cargo test`.
 # Otherwise it says exactly what is missing and exits 1, unless every
 # missing prerequisite is named in KUBE_EPMD_TEST_SKIP (README, "Set-up"):
 # then the tests that need them show as ignored.
@@ -20,6 +22,10 @@ is_root=false
 [ "$(id -u)" = 0 ] && is_root=true
 
 # Debian packages the tests use, with the command or file that shows each.
+# The root of the forky ejabberd flavour (tests/e2e/lifecycle.rs), kept
+# across runs outside the work tree (the tests bind the repository into it).
+forky_root=${KUBE_EPMD_EJABBERD_ROOT:-/var/cache/kube-epmd/forky-root}
+
 declare -A pkg_has=(
   [erlang-base]=/usr/bin/erl
   [erlang-common-test]=/usr/bin/ct_run
@@ -29,6 +35,7 @@ declare -A pkg_has=(
   [iproute2]=/usr/bin/ip
   [busybox]=/usr/bin/busybox
   [xz-utils]=/usr/bin/xz
+  [mmdebstrap]=/usr/bin/mmdebstrap
 )
 want_pkgs=()
 for p in "${!pkg_has[@]}"; do
@@ -61,6 +68,7 @@ for p in "${want_pkgs[@]}"; do
     rabbitmq-server) skipping rabbitmq || note "rabbitmq: apt-get install rabbitmq-server, with /usr/sbin/policy-rc.d exiting 101 so the service does not start (or KUBE_EPMD_TEST_SKIP=rabbitmq)" ;;
     busybox) skipping busybox || note "busybox: apt-get install busybox (or KUBE_EPMD_TEST_SKIP=busybox)" ;;
     xz-utils) skipping otp-suite || note "otp-suite: apt-get install xz-utils, to unpack OTP's source (or KUBE_EPMD_TEST_SKIP=otp-suite)" ;;
+    mmdebstrap) ;; # the forky step below says what to do
   esac
 done
 
@@ -88,6 +96,21 @@ fi
 
 if ! skipping otp-suite && ! skipping erl; then
   bash scripts/fetch-otp-suite.sh || note "otp-suite: could not fetch OTP's epmd_SUITE (see above) (or KUBE_EPMD_TEST_SKIP=otp-suite)"
+fi
+
+# ejabberd 26.07 on OTP 29 from Debian forky, in a root of its own (about
+# 150 MB; under a minute to build, instant when already complete).
+# Its tests need network namespaces: skipping root or netns skips them too.
+if ! skipping forky && ! skipping root && ! skipping netns; then
+  if $is_root && command -v mmdebstrap >/dev/null; then
+    if bash scripts/forky-root.sh "$forky_root" </dev/null; then
+      export KUBE_EPMD_EJABBERD_ROOT=$forky_root
+    else
+      note "forky: scripts/forky-root.sh $forky_root failed (see above) (or KUBE_EPMD_TEST_SKIP=forky)"
+    fi
+  else
+    note "forky: as root, apt-get install -y mmdebstrap; bash scripts/forky-root.sh $forky_root; export KUBE_EPMD_EJABBERD_ROOT=$forky_root (or KUBE_EPMD_TEST_SKIP=forky)"
+  fi
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -16,7 +16,14 @@
 //! rolling update, a lost volume, scale 3 -> 2 -> 3. After each: `list_cluster` on every node lists
 //! exactly the expected nodes, the schema (Mnesia `db_nodes`, read by an
 //! independent `erl` probe) too, and users registered before exist.
+//!
+//! Each scenario runs once per ejabberd flavour ([`Flavour`]): the host's
+//! packages (bookworm: ejabberd 23.01 on OTP 25), and Debian forky's
+//! (ejabberd 26.07 on OTP 29) from the root directory that
+//! scripts/forky-root.sh makes and `KUBE_EPMD_EJABBERD_ROOT` names, the
+//! container's commands chrooted into it (chroot.rs).
 
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 
+use crate::chroot::Root;
 use crate::cluster::{Cluster, K8S_NS, SUBDOMAIN, pod_name, set_mode};
 use crate::exec::{exec, output};
 use crate::support::apiserver::statefulset;
@@ -39,6 +47,37 @@ const DOMAIN: &str = "localhost";
 /// The issue's target for "all pods recreated -> every node in every
 /// list_cluster"; used as the bound of the waits, not as a timed assertion.
 const FULL_LIMIT: Duration = Duration::from_secs(180);
+/// The container's PATH (both flavours).
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the ejabberd container's programs come from.
+pub enum Flavour {
+    /// The host's Debian packages (bookworm: ejabberd 23.01 on OTP 25).
+    Host,
+    /// A root directory made by scripts/forky-root.sh
+    /// (`KUBE_EPMD_EJABBERD_ROOT`; forky: ejabberd 26.07 on OTP 29): every
+    /// command of the container (the entrypoint under the root's BusyBox,
+    /// `ejabberdctl`, the `erl` probe) runs chrooted into it (see
+    /// chroot.rs); the sidecar stays on the host.
+    Root(PathBuf),
+}
+
+impl Flavour {
+    fn name(&self) -> &'static str {
+        match self {
+            Flavour::Host => "lifecycle",
+            Flavour::Root(_) => "lifecycle otp29",
+        }
+    }
+
+    /// `tag` for this flavour's namespaces and scratch directory.
+    fn tag(&self, tag: &str) -> String {
+        match self {
+            Flavour::Host => tag.to_string(),
+            Flavour::Root(_) => format!("{tag}29"),
+        }
+    }
+}
 
 fn node(k: usize) -> String {
     format!("ejabberd@{}.{SUBDOMAIN}", pod_name(k))
@@ -58,7 +97,7 @@ fn ids() -> Result<(u32, u32), String> {
     Ok((id("-u")?, id("-g")?))
 }
 
-fn busybox() -> Result<PathBuf, String> {
+fn host_busybox() -> Result<PathBuf, String> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join("busybox"))
         .find(|p| p.exists())
@@ -89,9 +128,25 @@ struct Container {
     script: Option<Child>,
 }
 
+/// A figure of this test, naming the flavour it ran on.
+macro_rules! say {
+    ($chat:expr, $($arg:tt)*) => {
+        report!("{}: {}", $chat.name, format!($($arg)*))
+    };
+}
+
+/// The busybox inside a root (forky-root.sh installs it).
+const ROOT_BUSYBOX: &str = "/usr/bin/busybox";
+
 /// The StatefulSet `chat` as the controller runs it, over a test cluster.
 struct Chat {
+    // Field order is drop order: the cluster (every process in its
+    // namespaces) goes before the root's mount point.
     c: Cluster,
+    /// `Some` for [`Flavour::Root`]: the container runs chrooted there.
+    root: Option<Root>,
+    /// What the figures it reports start with: the flavour.
+    name: &'static str,
     pods: Vec<Container>,
     home: PathBuf,
     uid: u32,
@@ -103,13 +158,24 @@ struct Chat {
 
 impl Chat {
     /// `label` names the test's namespaces (one per test in a run).
-    async fn new(label: &str, n: usize) -> Result<Chat, String> {
-        if !Path::new("/usr/sbin/ejabberdctl").exists() {
-            return Err("needs Debian's ejabberd package (/usr/sbin/ejabberdctl)".into());
+    async fn new(label: &str, n: usize, flavour: &Flavour) -> Result<Chat, String> {
+        let label = flavour.tag(label);
+        let ctl = match flavour {
+            Flavour::Host => PathBuf::from("/usr/sbin/ejabberdctl"),
+            Flavour::Root(dir) => dir.join("usr/sbin/ejabberdctl"),
+        };
+        if !ctl.exists() {
+            return Err(format!("needs ejabberd ({} is missing)", ctl.display()));
         }
-        let busybox = busybox()?;
-        let (uid, gid) = ids()?;
-        let mut c = Cluster::new(label, n).await?;
+        let mut c = Cluster::new(&label, n).await?;
+        let (root, busybox, (uid, gid)) = match flavour {
+            Flavour::Host => (None, host_busybox()?, ids()?),
+            Flavour::Root(dir) => {
+                let root = Root::new(dir, c.dir.path())?;
+                let ids = root.ids("ejabberd")?;
+                (Some(root), PathBuf::from(ROOT_BUSYBOX), ids)
+            }
+        };
         // As deploy/: kube-epmd reads the StatefulSet by name, and RBAC
         // allows nothing else (resourceNames: [chat]).
         c.sidecar_args = vec!["--statefulset".into(), "chat".into()];
@@ -135,6 +201,8 @@ impl Chat {
         }
         let mut chat = Chat {
             c,
+            root,
+            name: flavour.name(),
             pods: Vec::new(),
             home,
             uid,
@@ -227,7 +295,7 @@ impl Chat {
         let ct = &self.pods[k];
         let d = |p: &Path| p.display().to_string();
         vec![
-            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            ("PATH".into(), PATH.into()),
             ("HOME".into(), d(&self.home)),
             ("POD_NAME".into(), pod_name(k)),
             ("POD_NAMESPACE".into(), K8S_NS.into()),
@@ -251,17 +319,37 @@ impl Chat {
     /// A command run as the ejabberd user inside pod `k` (what the
     /// container or `kubectl exec` runs), with the container's environment.
     fn command(&self, k: usize, program: &Path) -> tokio::process::Command {
-        let mut cmd = self.c.pods[k].ns.command("setpriv");
-        cmd.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--init-groups")
-            .arg("env")
-            .arg("-i");
-        for (key, v) in self.env(k) {
-            cmd.arg(format!("{key}={v}"));
-        }
-        cmd.arg(program).current_dir("/").stdin(Stdio::null());
+        let mut argv: Vec<OsString> = vec![
+            "setpriv".into(),
+            format!("--reuid={}", self.uid).into(),
+            format!("--regid={}", self.gid).into(),
+            "--init-groups".into(),
+            "env".into(),
+            "-i".into(),
+        ];
+        argv.extend(
+            self.env(k)
+                .into_iter()
+                .map(|(key, v)| format!("{key}={v}").into()),
+        );
+        argv.push(program.into());
+        let mut cmd = self.in_pod(k, &argv);
+        cmd.current_dir("/").stdin(Stdio::null());
         cmd
+    }
+
+    /// `argv` run in pod `k`'s network namespace: on the host, or
+    /// chrooted into the flavour's root.
+    fn in_pod(&self, k: usize, argv: &[OsString]) -> tokio::process::Command {
+        let ns = &self.c.pods[k].ns;
+        match &self.root {
+            Some(root) => root.command(ns, argv),
+            None => {
+                let mut cmd = ns.command(&argv[0].to_string_lossy());
+                cmd.args(&argv[1..]);
+                cmd
+            }
+        }
     }
 
     /// `dir` empty and owned by the ejabberd user: a pod's fresh emptyDir,
@@ -519,7 +607,20 @@ impl Chat {
     /// Mnesia's `db_nodes` (the schema) of pod `k`'s node, read by a plain
     /// `erl` started by the test (not the entrypoint's helper).
     async fn db_nodes(&self, k: usize) -> Result<Vec<String>, String> {
-        let mut cmd = self.c.pods[k].ns.command("erl");
+        // In a root, the probe is the root's erl (its OTP speaks to the
+        // root's ejabberd), with a clean environment there.
+        let mut cmd = match &self.root {
+            None => self.c.pods[k].ns.command("erl"),
+            Some(_) => {
+                let mut argv: Vec<OsString> = vec!["env".into(), "-i".into(), "-C".into()];
+                argv.push(self.c.dir.path().into());
+                argv.push(format!("PATH={PATH}").into());
+                argv.push("HOME=/root".into());
+                argv.push(format!("ERL_INETRC={}", self.c.pods[k].inetrc().display()).into());
+                argv.push("erl".into());
+                self.in_pod(k, &argv)
+            }
+        };
         let probe = format!(
             "probe{}-{k}@{}.{SUBDOMAIN}",
             std::process::id(),
@@ -649,9 +750,9 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 const ALL: [usize; 3] = [0, 1, 2];
 const PRUNED: &str = "leaves the cluster's schema";
 
-async fn lifecycle() -> Result<(), String> {
+async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     let t_all = Instant::now();
-    let mut chat = Chat::new("lc", 3).await?;
+    let mut chat = Chat::new("lc", 3, &flavour).await?;
     let mut users: Vec<String> = Vec::new();
 
     // (6) First start on empty volumes, all pods at once, highest first.
@@ -661,8 +762,9 @@ async fn lifecycle() -> Result<(), String> {
     let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.one_seed()?;
-    report!(
-        "lifecycle: first start, 3 pods in parallel (2, 1, 0): one cluster of 3 in {:?} \
+    say!(
+        chat,
+        "first start, 3 pods in parallel (2, 1, 0): one cluster of 3 in {:?} \
          (list_cluster full {d:?} after the last Ready)",
         t.elapsed()
     );
@@ -681,8 +783,9 @@ async fn lifecycle() -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
     check(chat.log(1).contains("clustered before"), || chat.log(1))?;
-    report!(
-        "lifecycle: chat-1 deleted: full cluster {:?} after recreation ({:?} with the stop)",
+    say!(
+        chat,
+        "chat-1 deleted: full cluster {:?} after recreation ({:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
     );
@@ -695,8 +798,9 @@ async fn lifecycle() -> Result<(), String> {
     chat.wait_all_ready(&ALL).await?;
     let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: all 3 deleted at once: full cluster {:?} after recreation \
+    say!(
+        chat,
+        "all 3 deleted at once: full cluster {:?} after recreation \
          (list_cluster full {d:?} after the last Ready; {:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -720,8 +824,9 @@ async fn lifecycle() -> Result<(), String> {
     check(since.contains("a peer has the tables loaded"), || {
         since.clone()
     })?;
-    report!(
-        "lifecycle: stopped 0, 1, 2 in turn with writes in between: full cluster with every \
+    say!(
+        chat,
+        "stopped 0, 1, 2 in turn with writes in between: full cluster with every \
          user {:?} after recreation ({:?} with the stops)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -749,8 +854,9 @@ async fn lifecycle() -> Result<(), String> {
             && !since.contains("seeds a new cluster"),
         || format!("chat-0 (empty volume) did not get the others loaded and join:\n{since}"),
     )?;
-    report!(
-        "lifecycle: chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
+    say!(
+        chat,
+        "chat-0 deleted, then chat-1 and chat-2 lost at once with chat-0's volume: \
          full cluster with every user {:?} after recreation (list_cluster full {d:?} after the \
          last Ready; {:?} with the stops)",
         back,
@@ -772,8 +878,9 @@ async fn lifecycle() -> Result<(), String> {
     chat.wait_all_ready(&ALL).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: every container killed at once (SIGKILL), restarted in place: full \
+    say!(
+        chat,
+        "every container killed at once (SIGKILL), restarted in place: full \
          cluster with every user {:?} after the crash",
         t.elapsed()
     );
@@ -789,14 +896,16 @@ async fn lifecycle() -> Result<(), String> {
         chat.create(&[k]).await?;
         chat.wait_ready(k, FULL_LIMIT).await?;
         chat.wait_full(&ALL, FULL_LIMIT).await?;
-        report!(
-            "lifecycle: rolling update: chat-{k} replaced in {:?}",
+        say!(
+            chat,
+            "rolling update: chat-{k} replaced in {:?}",
             tk.elapsed()
         );
     }
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: rolling update of 3 pods in {:?}, never below 2 answering",
+    say!(
+        chat,
+        "rolling update of 3 pods in {:?}, never below 2 answering",
         t.elapsed()
     );
 
@@ -813,8 +922,9 @@ async fn lifecycle() -> Result<(), String> {
     check(chat.log(2).contains("removing the stale entry"), || {
         chat.log(2)
     })?;
-    report!(
-        "lifecycle: chat-2 lost its volume: back in the cluster with the users {:?} after \
+    say!(
+        chat,
+        "chat-2 lost its volume: back in the cluster with the users {:?} after \
          recreation ({:?} with the stop)",
         t_recreate.elapsed(),
         t.elapsed()
@@ -859,8 +969,9 @@ async fn lifecycle() -> Result<(), String> {
         !chat.pods[0].tmp.join("ready").exists() && !chat.pods[1].tmp.join("ready").exists(),
         || "chat-0 or chat-1 Ready without chat-2's tables".into(),
     )?;
-    report!(
-        "lifecycle: last node down gone for good: chat-1 waits for its tables, chat-0 holds \
+    say!(
+        chat,
+        "last node down gone for good: chat-1 waits for its tables, chat-0 holds \
          back ({})",
         waiting.trim()
     );
@@ -876,8 +987,9 @@ async fn lifecycle() -> Result<(), String> {
     check(!left.contains("only_on_the_lost_node"), || {
         format!("a user only the lost node had survived force-load?: {left}")
     })?;
-    report!(
-        "lifecycle: force-load in chat-1: chat-0 and chat-1 in the cluster {:?} later (the user written only on the lost node is gone, as documented)",
+    say!(
+        chat,
+        "force-load in chat-1: chat-0 and chat-1 in the cluster {:?} later (the user written only on the lost node is gone, as documented)",
         t_force.elapsed()
     );
     chat.create(&[2]).await?;
@@ -885,8 +997,9 @@ async fn lifecycle() -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    report!(
-        "lifecycle: a new empty chat-2 joined after the force-load; escape hatch round trip {:?}",
+    say!(
+        chat,
+        "a new empty chat-2 joined after the force-load; escape hatch round trip {:?}",
         t.elapsed()
     );
 
@@ -923,8 +1036,9 @@ async fn lifecycle() -> Result<(), String> {
     }
     chat.wait_full(&[0, 1], Duration::from_secs(30)).await?;
     chat.schema_is(&[0, 1]).await?;
-    report!(
-        "lifecycle: scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
+    say!(
+        chat,
+        "scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
          scale (last seen at {d:?})",
         t.elapsed()
     );
@@ -940,8 +1054,9 @@ async fn lifecycle() -> Result<(), String> {
     chat.schema_is(&ALL).await?;
     chat.users_everywhere(&ALL, &users).await?;
     check(chat.log(2).contains("joined the cluster"), || chat.log(2))?;
-    report!(
-        "lifecycle: scale 2 -> 3: the new empty chat-2 joined in {:?}",
+    say!(
+        chat,
+        "scale 2 -> 3: the new empty chat-2 joined in {:?}",
         t.elapsed()
     );
 
@@ -977,23 +1092,29 @@ async fn lifecycle() -> Result<(), String> {
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.one_seed()?;
-    report!(
-        "lifecycle: first start with chat-0 created {:?} after chat-2 and chat-1: one cluster \
+    say!(
+        chat,
+        "first start with chat-0 created {:?} after chat-2 and chat-1: one cluster \
          of 3, {:?} after chat-0 was created",
         t0 - t,
         t0.elapsed()
     );
 
     chat.delete(&ALL).await?;
-    report!("lifecycle: total {:?}", t_all.elapsed());
+    say!(chat, "total {:?}", t_all.elapsed());
     Ok(())
 }
 
-/// A lifecycle test: its own cluster of netns pods running Debian's
-/// ejabberd under the entrypoint (which runs under BusyBox ash), so it
-/// needs root, netns, ejabberd and busybox, and fails naming any missing.
+/// A lifecycle test: its own cluster of netns pods running ejabberd under
+/// the entrypoint (which runs under BusyBox ash), once per flavour, and
+/// failing naming any missing prerequisite:
+///   - `host`: Debian's ejabberd and busybox installed on the host
+///     (bookworm: ejabberd 23.01, OTP 25);
+///   - `forky`: the root `KUBE_EPMD_EJABBERD_ROOT` names, made by
+///     scripts/forky-root.sh (forky: ejabberd 26.07, OTP 29), which brings
+///     its own busybox.
 macro_rules! lifecycle_test {
-    ($(#[$doc:meta])* $name:ident, $label:literal, $body:expr) => {
+    ($(#[$doc:meta])* $name:ident, $label:literal, host, $body:ident) => {
         $(#[$doc])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         #[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
@@ -1002,7 +1123,20 @@ macro_rules! lifecycle_test {
         async fn $name() {
             crate::support::prereq::ejabberd();
             crate::support::prereq::busybox();
-            run($label, $body).await;
+            run($label, $body(Flavour::Host)).await;
+        }
+    };
+    ($(#[$doc:meta])* $name:ident, $label:literal, forky, $body:ident) => {
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+        #[cfg_attr(
+            skip_forky,
+            ignore = "needs the forky root of scripts/forky-root.sh (KUBE_EPMD_TEST_SKIP)"
+        )]
+        async fn $name() {
+            let root = crate::support::prereq::forky_root();
+            run($label, $body(Flavour::Root(root))).await;
         }
     };
 }
@@ -1011,7 +1145,16 @@ lifecycle_test!(
     /// Issue 10: every lifecycle event ends in a full cluster with the data.
     lifecycle_ejabberd_events,
     "lifecycle ejabberd events",
-    lifecycle()
+    host,
+    lifecycle
+);
+
+lifecycle_test!(
+    /// [`lifecycle_ejabberd_events`] with forky's ejabberd on OTP 29.
+    lifecycle_otp29_ejabberd_events,
+    "lifecycle otp29 ejabberd events",
+    forky,
+    lifecycle
 );
 
 /// All pods down and a higher ordinal's volume lost with them: chat-0 goes
@@ -1021,8 +1164,8 @@ lifecycle_test!(
 /// ejabberd before the members that list it have booted (their Mnesia would
 /// refuse its new schema): it drops its stale entry and joins. A separate
 /// cluster, so that it runs beside the lifecycle sequence.
-async fn lost_higher_volume() -> Result<(), String> {
-    let mut chat = Chat::new("lv", 3).await?;
+async fn lost_higher_volume(flavour: Flavour) -> Result<(), String> {
+    let mut chat = Chat::new("lv", 3, &flavour).await?;
     chat.create(&[0, 1, 2]).await?;
     chat.wait_all_ready(&ALL).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
@@ -1039,8 +1182,9 @@ async fn lost_higher_volume() -> Result<(), String> {
         since.contains("removing the stale entry") && since.contains("joined the cluster through"),
         || format!("chat-2 (empty volume) did not drop its entry and join:\n{since}"),
     )?;
-    report!(
-        "lifecycle: chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
+    say!(
+        chat,
+        "chat-0, then chat-2, then chat-1 stopped, chat-2's volume lost: full \
          cluster with every user {:?} after recreation (list_cluster full {d:?} after the last \
          Ready; {:?} with the stops)",
         back,
@@ -1053,5 +1197,14 @@ lifecycle_test!(
     /// All down with a higher ordinal's volume lost (see lost_higher_volume).
     lifecycle_lost_higher_volume,
     "lifecycle lost higher volume",
-    lost_higher_volume()
+    host,
+    lost_higher_volume
+);
+
+lifecycle_test!(
+    /// [`lifecycle_lost_higher_volume`] with forky's ejabberd on OTP 29.
+    lifecycle_otp29_lost_higher_volume,
+    "lifecycle otp29 lost higher volume",
+    forky,
+    lost_higher_volume
 );

@@ -14,6 +14,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chroot;
 mod cluster;
 mod ejabberd;
 mod erlang;

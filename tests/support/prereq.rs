@@ -173,6 +173,52 @@ pub fn busybox() -> PathBuf {
         .unwrap_or_else(|| missing("busybox", "no busybox on PATH", "apt-get install busybox"))
 }
 
+/// Where scripts/test.sh builds the forky root (and the fix below says to).
+pub const FORKY_ROOT_DEFAULT: &str = "/var/cache/kube-epmd/forky-root";
+
+/// The forky root directory named by `KUBE_EPMD_EJABBERD_ROOT` (made by
+/// scripts/forky-root.sh: ejabberd, its Erlang/OTP and busybox from
+/// Debian forky), for the ejabberd tests' second flavour.
+pub fn forky_root() -> PathBuf {
+    let fix = format!(
+        "as root: bash scripts/forky-root.sh {FORKY_ROOT_DEFAULT} && \
+         export KUBE_EPMD_EJABBERD_ROOT={FORKY_ROOT_DEFAULT} (scripts/test.sh does both; \
+         it needs mmdebstrap: apt-get install -y mmdebstrap)"
+    );
+    let Some(dir) = std::env::var_os("KUBE_EPMD_EJABBERD_ROOT").filter(|d| !d.is_empty()) else {
+        missing(
+            "forky",
+            "KUBE_EPMD_EJABBERD_ROOT is not set (the root directory with forky's ejabberd)",
+            &fix,
+        )
+    };
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        missing(
+            "forky",
+            &format!(
+                "KUBE_EPMD_EJABBERD_ROOT={} is not an absolute path",
+                dir.display()
+            ),
+            &fix,
+        );
+    }
+    for needed in ["usr/sbin/ejabberdctl", "usr/bin/erl", "usr/bin/busybox"] {
+        if !dir.join(needed).exists() {
+            missing(
+                "forky",
+                &format!(
+                    "KUBE_EPMD_EJABBERD_ROOT={} has no /{needed}: not a root made by \
+                     scripts/forky-root.sh",
+                    dir.display()
+                ),
+                &fix,
+            );
+        }
+    }
+    dir
+}
+
 /// At least [`NOFILE_NEEDED`] open files for this process and the
 /// daemons it starts: raises the soft limit to the hard one if needed.
 pub fn nofile() {
