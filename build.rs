@@ -6,9 +6,12 @@
 //!   KUBE_EPMD_TEST_SKIP=root,ejabberd cargo test
 
 /// Prerequisites a test may need, each with the cfg its tests are ignored
-/// under. `root` implies `netns` and `otp-suite` (both need root).
+/// under. `root` implies `netns`, `otp-suite` and `tcpdump` (all need root).
 const PREREQS: &[(&str, &[&str])] = &[
-    ("root", &["skip_root", "skip_netns", "skip_otp_suite"]),
+    (
+        "root",
+        &["skip_root", "skip_netns", "skip_otp_suite", "skip_tcpdump"],
+    ),
     ("netns", &["skip_netns", "skip_otp_suite"]),
     ("erl", &["skip_erl", "skip_otp_suite"]),
     ("ejabberd", &["skip_ejabberd"]),
@@ -16,6 +19,7 @@ const PREREQS: &[(&str, &[&str])] = &[
     ("kubectl", &["skip_kubectl"]),
     ("busybox", &["skip_busybox"]),
     ("forky", &["skip_forky"]),
+    ("tcpdump", &["skip_tcpdump"]),
     ("nofile", &["skip_nofile"]),
     ("otp-suite", &["skip_otp_suite"]),
 ];

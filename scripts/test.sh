@@ -28,6 +28,8 @@ forky_root=${KUBE_EPMD_EJABBERD_ROOT:-/var/cache/kube-epmd/forky-root}
 
 declare -A pkg_has=(
   [erlang-base]=/usr/bin/erl
+  [erlang-ssl]=/usr/lib/erlang/lib/ssl-*/ebin/ssl.app
+  [tcpdump]=/usr/bin/tcpdump
   [erlang-common-test]=/usr/bin/ct_run
   [erlang-dev]=/usr/lib/erlang/lib/common_test-*/include/ct.hrl
   [ejabberd]=/usr/sbin/ejabberdctl
@@ -62,6 +64,8 @@ fi
 for p in "${want_pkgs[@]}"; do
   case $p in
     erlang-base) skipping erl || note "erl: apt-get install erlang-base (or KUBE_EPMD_TEST_SKIP=erl)" ;;
+    erlang-ssl) skipping erl || note "erl: apt-get install erlang-ssl, for distribution over TLS (or KUBE_EPMD_TEST_SKIP=erl)" ;;
+    tcpdump) skipping tcpdump || skipping root || note "tcpdump: apt-get install tcpdump (or KUBE_EPMD_TEST_SKIP=tcpdump)" ;;
     erlang-common-test|erlang-dev) skipping otp-suite || note "otp-suite: apt-get install $p (or KUBE_EPMD_TEST_SKIP=otp-suite)" ;;
     ejabberd) skipping ejabberd || note "ejabberd: apt-get install ejabberd, with /usr/sbin/policy-rc.d exiting 101 so the service does not start (or KUBE_EPMD_TEST_SKIP=ejabberd)" ;;
     iproute2) skipping netns || skipping root || note "netns: apt-get install iproute2 (or KUBE_EPMD_TEST_SKIP=netns)" ;;

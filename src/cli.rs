@@ -53,6 +53,9 @@ pub struct Args {
     #[command(flatten)]
     pub kube: KubeArgs,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -200,6 +203,184 @@ pub struct KubeArgs {
     /// as epmd would, but keep running).
     #[arg(long, env = "KUBE_EPMD_ALLOW_KILL")]
     pub allow_kill: bool,
+}
+
+/// Erlang distribution over mutual TLS: the certificate for this pod's
+/// VM, written with its ssl_dist_optfile into --output-dir.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct TlsArgs {
+    /// Issue the VM's distribution certificate from the cluster CA in DIR
+    /// (ca.crt, and ca.key in PKCS#8 PEM: a Secret mounted into this
+    /// container only). Writes <output-dir>/ssl_dist.conf, dist.pem and
+    /// dist-ca.pem.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KUBE_EPMD_TLS_CA_DIR",
+        conflicts_with = "tls_cert_dir"
+    )]
+    pub tls_ca_dir: Option<PathBuf>,
+
+    /// Copy the certificate in DIR (cert-manager's tls.crt, tls.key,
+    /// ca.crt) for the VM instead, and again whenever it changes.
+    #[arg(long, value_name = "DIR", env = "KUBE_EPMD_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
+
+    /// Validity of each certificate issued from --tls-ca-dir: a number and
+    /// a unit, s, m, h or d (10s to 397d).
+    #[arg(long, value_name = "DURATION", env = "KUBE_EPMD_TLS_VALIDITY",
+          default_value = "24h", value_parser = parse_validity)]
+    pub tls_validity: Duration,
+
+    /// Renew once this fraction of a certificate's validity has passed
+    /// (0.1 to 0.9).
+    #[arg(long, value_name = "FRACTION", env = "KUBE_EPMD_TLS_RENEW_FRACTION",
+          default_value_t = 0.5, value_parser = parse_fraction)]
+    pub tls_renew_fraction: f64,
+
+    /// This pod's host name, the host part of its node names [default:
+    /// --pod-name, which is a StatefulSet pod's host name].
+    #[arg(long, value_name = "NAME", env = "KUBE_EPMD_TLS_HOSTNAME")]
+    pub tls_hostname: Option<String>,
+
+    /// The pod's subdomain (its StatefulSet's headless Service, e.g.
+    /// xmpp-internal-svc): adds the long forms host.subdomain,
+    /// host.subdomain.<namespace>, ….svc, ….svc.<cluster-domain>.
+    #[arg(long, value_name = "NAME", env = "KUBE_EPMD_TLS_SUBDOMAIN")]
+    pub tls_subdomain: Option<String>,
+}
+
+impl TlsArgs {
+    /// Whether distribution TLS is asked for.
+    pub fn enabled(&self) -> bool {
+        self.tls_ca_dir.is_some() || self.tls_cert_dir.is_some()
+    }
+
+    /// The settings, or why they cannot be: `pod_name` and `namespace`
+    /// (needed with a subdomain) come from the Kubernetes flags.
+    pub fn settings(
+        &self,
+        pod_name: Option<&str>,
+        namespace: Option<&str>,
+        cluster_domain: &str,
+        output_dir: &std::path::Path,
+    ) -> Result<Option<crate::tls::Settings>, String> {
+        use crate::tls::Source;
+        let source = match (&self.tls_ca_dir, &self.tls_cert_dir) {
+            (Some(d), None) => Source::CaDir(d.clone()),
+            (None, Some(d)) => Source::CertDir(d.clone()),
+            (Some(_), Some(_)) => {
+                return Err("--tls-ca-dir and --tls-cert-dir exclude each other".into());
+            }
+            (None, None) => {
+                if self.tls_hostname.is_some() || self.tls_subdomain.is_some() {
+                    return Err("--tls-hostname and --tls-subdomain need --tls-ca-dir \
+                                (or --tls-cert-dir)"
+                        .into());
+                }
+                return Ok(None);
+            }
+        };
+        let nonempty = |o: Option<&str>| {
+            o.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let hostname = nonempty(self.tls_hostname.as_deref())
+            .or_else(|| nonempty(pod_name))
+            .ok_or_else(|| {
+                "distribution TLS needs this pod's host name: set --tls-hostname \
+                 (KUBE_EPMD_TLS_HOSTNAME) or --pod-name (POD_NAME)"
+                    .to_string()
+            })?;
+        let subdomain = nonempty(self.tls_subdomain.as_deref());
+        let namespace = nonempty(namespace);
+        for (what, v) in [
+            ("--tls-hostname", Some(&hostname)),
+            ("--tls-subdomain", subdomain.as_ref()),
+            ("--namespace", namespace.as_ref()),
+        ] {
+            if let Some(v) = v
+                && (!crate::peers::is_dns_name(v) || v.contains('.'))
+            {
+                return Err(format!(
+                    "{what} {v:?} is not a DNS label (lower-case letters, digits, '-')"
+                ));
+            }
+        }
+        let domain = cluster_domain.trim_matches('.');
+        if !domain.is_empty() && !crate::peers::is_dns_name(domain) {
+            return Err(format!(
+                "--cluster-domain {cluster_domain:?} is not a DNS name"
+            ));
+        }
+        let names = match (&subdomain, &namespace) {
+            (Some(_), None) => {
+                return Err(
+                    "--tls-subdomain needs the namespace for the long names: set \
+                            --namespace (POD_NAMESPACE)"
+                        .into(),
+                );
+            }
+            (sub, ns) => crate::tls::pod_names(
+                &hostname,
+                sub.as_deref(),
+                ns.as_deref().unwrap_or(""),
+                cluster_domain,
+            ),
+        };
+        if matches!(source, Source::CertDir(_)) && self.tls_validity != DEFAULT_TLS_VALIDITY {
+            return Err(
+                "--tls-validity applies to --tls-ca-dir: with --tls-cert-dir the \
+                        validity is cert-manager's (the Certificate's duration)"
+                    .into(),
+            );
+        }
+        Ok(Some(crate::tls::Settings {
+            source,
+            names,
+            validity: self.tls_validity,
+            renew_fraction: self.tls_renew_fraction,
+            output_dir: output_dir.to_path_buf(),
+        }))
+    }
+}
+
+pub const DEFAULT_TLS_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// `10s`, `90m`, `24h`, `30d`: one number and one unit.
+pub fn parse_validity(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit: write e.g. 24h (s, m, h or d)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write e.g. 24h (s, m, h or d)"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?} is not a duration: write e.g. 24h (s, m, h or d)"))?;
+    if !(10..=397 * 86_400).contains(&secs) {
+        return Err(format!("{s:?} is out of range: 10s to 397d"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (e.g. 0.5)"))?;
+    if !(0.1..=0.9).contains(&f) {
+        return Err(format!("{s} is out of range: 0.1 to 0.9"));
+    }
+    Ok(f)
 }
 
 #[derive(Debug, Subcommand)]
@@ -449,6 +630,64 @@ mod tests {
                 max: 9001
             })
         );
+    }
+
+    #[test]
+    fn tls_flags_are_checked_strictly() {
+        assert_eq!(parse_validity("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_validity("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_validity("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "24", "h", "9s", "398d", "1.5h", "-1h", "24x", "1h30m"] {
+            assert!(parse_validity(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--tls-ca-dir", "/a", "--tls-cert-dir", "/b"]).is_err());
+        assert!(parse(&["--tls-renew-fraction", "0.95"]).is_err());
+        assert!(parse(&["--tls-validity", "5s"]).is_err());
+        let out = std::path::Path::new("/out");
+        let settings = |args: &[&str], pod: Option<&str>, ns: Option<&str>| {
+            parse(args)
+                .unwrap()
+                .tls
+                .settings(pod, ns, "cluster.local", out)
+        };
+        assert_eq!(settings(&[], None, None), Ok(None));
+        assert!(settings(&["--tls-hostname", "x"], None, None).is_err());
+        let e = settings(&["--tls-ca-dir", "/ca"], None, None).unwrap_err();
+        assert!(e.contains("--tls-hostname"), "{e}");
+        let s = settings(
+            &["--tls-ca-dir", "/ca", "--tls-subdomain", "svc"],
+            Some("chat-0"),
+            Some("ns"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.names[..2],
+            ["chat-0".to_string(), "chat-0.svc".to_string()]
+        );
+        assert_eq!(s.names.len(), 5);
+        assert_eq!(s.output_dir, out);
+        let e = settings(
+            &["--tls-ca-dir", "/ca", "--tls-subdomain", "svc"],
+            Some("chat-0"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("namespace"), "{e}");
+        let e = settings(
+            &["--tls-ca-dir", "/ca", "--tls-hostname", "Chat_0"],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("DNS label"), "{e}");
+        let e = settings(
+            &["--tls-cert-dir", "/cm", "--tls-validity", "1h"],
+            Some("a"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("cert-manager"), "{e}");
     }
 
     #[test]

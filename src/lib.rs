@@ -24,3 +24,4 @@ pub mod peers;
 pub mod process;
 pub mod registry;
 pub mod server;
+pub mod tls;

@@ -12,7 +12,7 @@ use kube_epmd::cli::{Args, Command, DEFAULT_KUBE_ADMIN_PORT, KubeArgs};
 use kube_epmd::kubernetes::{self, Settings};
 use kube_epmd::metrics::Metrics;
 use kube_epmd::server::{self, BindError, Config, KillPolicy, Shared};
-use kube_epmd::{admin_client, client, logging, process};
+use kube_epmd::{admin_client, client, logging, process, tls};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -204,7 +204,8 @@ async fn start_background(
             std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_KUBE_ADMIN_PORT))
         })
     });
-    if !kube.kubernetes && admin_addr.is_none() {
+    let tls_args = args.tls.clone();
+    if !kube.kubernetes && admin_addr.is_none() && !tls_args.enabled() {
         return Ok(None);
     }
     let setup = move || async move {
@@ -212,6 +213,27 @@ async fn start_background(
             Some(start_discovery(&kube).await?)
         } else {
             None
+        };
+        // The namespace for the certificate's long names: the one
+        // discovery resolved, else the flag (plain mode).
+        let namespace = discovery
+            .as_ref()
+            .map(|d| d.settings.namespace.clone())
+            .or_else(|| kube.namespace.clone());
+        let tls = match tls_args
+            .settings(
+                kube.pod_name.as_deref(),
+                namespace.as_deref(),
+                &kube.cluster_domain,
+                &kube.output_dir,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("distribution TLS")?
+        {
+            Some(settings) => {
+                Some(tls::start(settings).context("cannot prepare the distribution TLS files")?)
+            }
+            None => None,
         };
         let admin = match admin_addr {
             Some(addr) => Some((
@@ -227,7 +249,11 @@ async fn start_background(
                 return;
             };
             info!(%addr, "admin endpoint listening");
-            let state = Arc::new(AdminState { metrics, discovery });
+            let state = Arc::new(AdminState {
+                metrics,
+                discovery,
+                tls,
+            });
             if let Err(e) = admin::serve(listener, state, shutdown).await {
                 warn!(error = %e, "admin endpoint stopped");
             }

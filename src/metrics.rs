@@ -288,13 +288,96 @@ impl DiscoveryMetrics {
     }
 }
 
+/// Distribution TLS: the certificate the sidecar keeps for its VM
+/// (`kube_epmd_tls_*`).
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    /// notAfter (Unix time) of the certificate in the output directory; 0
+    /// before the first one is written.
+    pub certificate_expiry_seconds: Gauge,
+    /// 1 while the certificate in the output directory is within its
+    /// validity, 0 before the first one and once it has expired.
+    pub certificate_valid: Gauge,
+    /// notAfter (Unix time) of the CA last read (the CA issued from, or
+    /// the ca.crt provided); 0 before one could be read.
+    pub ca_expiry_seconds: Gauge,
+    /// Certificates written: issued from the CA, or copied from
+    /// cert-manager's Secret when it changed.
+    pub certificates_written: Counter,
+    /// Failed attempts, by reason.
+    pub errors: Family<ReasonLabels, Counter>,
+}
+
+impl TlsMetrics {
+    /// Every reason an attempt can fail with, exposed at 0 from the start.
+    pub const REASONS: [&'static str; 5] = [
+        "source_unreadable",
+        "source_invalid",
+        "ca_expired",
+        "certificate_expired",
+        "write_failed",
+    ];
+
+    pub fn new() -> TlsMetrics {
+        let m = TlsMetrics::default();
+        for reason in Self::REASONS {
+            drop(m.errors.get_or_create(&ReasonLabels { reason }));
+        }
+        m
+    }
+
+    pub fn error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter (Unix time) of the distribution certificate written for the VM (0: none yet)",
+            self.certificate_expiry_seconds.clone(),
+        );
+        registry.register(
+            "tls_certificate_valid",
+            "1 while the distribution certificate written for the VM is within its validity",
+            self.certificate_valid.clone(),
+        );
+        registry.register(
+            "tls_ca_expiry_timestamp_seconds",
+            "notAfter (Unix time) of the cluster CA last read (0: none read yet)",
+            self.ca_expiry_seconds.clone(),
+        );
+        registry.register(
+            "tls_certificates_written",
+            "Distribution certificates written (issued, or copied when changed)",
+            self.certificates_written.clone(),
+        );
+        registry.register(
+            "tls_errors",
+            "Failed attempts to issue or copy the distribution certificate, by reason",
+            self.errors.clone(),
+        );
+    }
+}
+
 /// The Prometheus text exposition of the server metrics and, when given,
 /// the discovery metrics.
 pub fn render_all(server: &Metrics, discovery: Option<&DiscoveryMetrics>) -> String {
+    render_with(server, discovery, None)
+}
+
+/// As [`render_all`], with the TLS metrics when given.
+pub fn render_with(
+    server: &Metrics,
+    discovery: Option<&DiscoveryMetrics>,
+    tls: Option<&TlsMetrics>,
+) -> String {
     let mut registry = Registry::with_prefix("kube_epmd");
     server.register(&mut registry);
     if let Some(d) = discovery {
         d.register(&mut registry);
+    }
+    if let Some(t) = tls {
+        t.register(&mut registry);
     }
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -32,7 +32,11 @@ use manifests::{
 use serde_json::Value;
 
 /// Every kustomization a user may apply.
-const KUSTOMIZATIONS: &[&str] = &["deploy", "deploy/overlays/short-names"];
+const KUSTOMIZATIONS: &[&str] = &[
+    "deploy",
+    "deploy/overlays/short-names",
+    "deploy/overlays/tls-dist",
+];
 
 const CLIENT_PORTS: [i32; 3] = [5222, 5269, 5280];
 const EJABBERD: &str = "ejabberd";
@@ -301,6 +305,100 @@ fn overlays_differ_only_in_the_node_name() {
         Some("ejabberd@$(POD_NAME).xmpp-internal-svc")
     );
     assert_eq!(node(&short).as_deref(), Some("ejabberd@$(POD_NAME)"));
+}
+
+/// The tls-dist overlay: the sidecar issues from the CA Secret, which only
+/// the sidecar mounts; ejabberd (and every hidden node started from
+/// ejabberdctl.cfg's ERL_OPTIONS) runs inet_tls with the optfile the
+/// sidecar writes into the shared directory; nothing else differs from
+/// the base's ejabberdctl.cfg.
+#[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
+fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
+    let base = Manifests::load("deploy");
+    let m = Manifests::load("deploy/overlays/tls-dist");
+    let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
+    let ca_dir = args.tls.tls_ca_dir.clone().expect("--tls-ca-dir");
+    let settings = args
+        .tls
+        .settings(
+            Some("chat-0"),
+            Some("xmpp"),
+            &args.kube.cluster_domain,
+            &args.kube.output_dir,
+        )
+        .expect("TLS settings")
+        .expect("TLS on");
+    assert_eq!(
+        settings.names,
+        [
+            "chat-0",
+            "chat-0.xmpp-internal-svc",
+            "chat-0.xmpp-internal-svc.xmpp",
+            "chat-0.xmpp-internal-svc.xmpp.svc",
+            "chat-0.xmpp-internal-svc.xmpp.svc.cluster.local"
+        ]
+    );
+    let secret_volumes: Vec<String> = m
+        .pod()
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret
+                .as_ref()
+                .is_some_and(|s| s.secret_name.as_deref() == Some("kube-epmd-dist-ca"))
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(secret_volumes.len(), 1, "one CA Secret volume");
+    for c in m.all_containers() {
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|v| v.name == secret_volumes[0])
+            .collect();
+        if c.name == m.sidecar().name {
+            assert_eq!(mounts.len(), 1);
+            assert_eq!(Path::new(&mounts[0].mount_path), ca_dir.as_path());
+            assert_eq!(mounts[0].read_only, Some(true));
+        } else {
+            assert!(mounts.is_empty(), "{} must not mount the CA", c.name);
+        }
+    }
+    let cfg = |m: &Manifests| {
+        m.config_file("ejabberd-config", "ejabberdctl.cfg")
+            .expect("ejabberdctl.cfg")
+    };
+    let optfile = args.kube.output_dir.join(kube_epmd::tls::OPTFILE);
+    let opts = shell_var(&cfg(&m), "ERL_OPTIONS").unwrap_or_default();
+    assert_eq!(
+        opts,
+        format!(
+            "-start_epmd false -proto_dist inet_tls -ssl_dist_optfile {}",
+            optfile.display()
+        )
+    );
+    // The optfile is in the directory ejabberd sees at the same path.
+    let shared = m
+        .container(EJABBERD)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|v| optfile.starts_with(&v.mount_path) && v.sub_path.is_none());
+    assert!(shared, "ejabberd does not see {}", optfile.display());
+    let strip = |t: String| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("ERL_OPTIONS="))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        strip(cfg(&m)),
+        strip(cfg(&base)),
+        "only ERL_OPTIONS differs"
+    );
 }
 
 #[test]

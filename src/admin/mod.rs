@@ -18,12 +18,15 @@ use tokio::sync::watch;
 mod cluster;
 
 use crate::kubernetes::{DiscoveryView, Health};
-use crate::metrics::{Metrics, render_all};
+use crate::metrics::{Metrics, render_with};
+use crate::tls::TlsView;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Present in Kubernetes mode.
     pub discovery: Option<DiscoveryView>,
+    /// Present with distribution TLS (--tls-ca-dir, --tls-cert-dir).
+    pub tls: Option<TlsView>,
 }
 
 /// The `/peers` document. Also what `kube-epmd peers` parses.
@@ -141,9 +144,28 @@ async fn healthz() -> Response {
 /// Readiness: 503 until the first complete pod list is in the hosts file.
 /// Afterwards 200, saying `stale` (and why) while the API is failing: the
 /// last good table still serves, see [`crate::kubernetes::status`].
+///
+/// With distribution TLS, also 503 until the VM's certificate is written
+/// and once the one in place has expired (the VM can then neither make
+/// nor take a distribution connection); a failing CA or cert-manager
+/// source with a valid certificate in place is reported but stays ready.
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    let (code, body) = discovery_readyz(&s);
+    match s.tls.as_ref().map(TlsView::health) {
+        Some(t) if !t.ready && code == StatusCode::OK => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", t.message),
+        ),
+        Some(t) if !t.message.is_empty() => {
+            text(code, format!("{}; {}\n", body.trim_end(), t.message))
+        }
+        _ => text(code, body),
+    }
+}
+
+fn discovery_readyz(s: &AdminState) -> (StatusCode, String) {
     let Some(d) = &s.discovery else {
-        return text(StatusCode::OK, "ok\n".into());
+        return (StatusCode::OK, "ok\n".into());
     };
     let h: Health = d.health();
     if !h.ready {
@@ -151,15 +173,15 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
             .last_error
             .map(|e| format!(" (last error: {e})"))
             .unwrap_or_default();
-        return text(
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: waiting for the first complete pod list{why}\n"),
         );
     }
     if h.healthy {
-        text(StatusCode::OK, "ok\n".into())
+        (StatusCode::OK, "ok\n".into())
     } else {
-        text(
+        (
             StatusCode::OK,
             format!(
                 "ok, stale: Kubernetes API failing since {} (unix), serving the last good table: {}\n",
@@ -171,7 +193,11 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let body = render_all(&s.metrics, s.discovery.as_ref().map(|d| &*d.metrics));
+    let body = render_with(
+        &s.metrics,
+        s.discovery.as_ref().map(|d| &*d.metrics),
+        s.tls.as_ref().map(|t| &*t.metrics),
+    );
     (
         StatusCode::OK,
         [(

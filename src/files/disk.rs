@@ -41,6 +41,35 @@ pub fn replace_file(path: &Path, content: &[u8], mtime: Option<SystemTime>) -> i
     result
 }
 
+/// As [`replace_file`], for a file holding a private key: created with
+/// mode `mode` (e.g. 0o640: the VM's container reads it through the pod's
+/// fsGroup, nobody else), so it is never readable by others, not even
+/// between creation and rename.
+pub fn replace_private_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // A temp file left by a crash keeps its old mode: start afresh.
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// The hosts file this daemon owns: remembers what it last wrote so an
 /// unchanged table never touches the file.
 #[derive(Debug)]
@@ -176,6 +205,21 @@ mod tests {
         let mut again = HostsFile::open(path.clone());
         assert!(again.exists());
         assert!(!again.update("two\n".into()).unwrap());
+    }
+
+    #[test]
+    fn a_private_file_is_replaced_by_rename_with_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        replace_private_file(&path, b"one", 0o640).unwrap();
+        let m1 = fs::metadata(&path).unwrap();
+        assert_eq!(m1.permissions().mode() & 0o777, 0o640);
+        replace_private_file(&path, b"two", 0o640).unwrap();
+        let m2 = fs::metadata(&path).unwrap();
+        assert_ne!(m1.ino(), m2.ino(), "replaced by rename");
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

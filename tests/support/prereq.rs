@@ -167,6 +167,37 @@ pub fn kubectl() {
     }
 }
 
+/// OTP's ssl application (Debian's erlang-ssl), for distribution over
+/// TLS: `erl` must start it.
+pub fn erl_ssl() {
+    erl();
+    let out = Command::new("erl")
+        .args([
+            "-noshell",
+            "-start_epmd",
+            "false",
+            "-eval",
+            "case application:ensure_all_started(ssl) of {ok, _} -> halt(0); _ -> halt(1) end.",
+        ])
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output();
+    if !out.is_ok_and(|o| o.status.success()) {
+        missing(
+            "erl",
+            "erl cannot start the ssl application",
+            "apt-get install erlang-ssl",
+        );
+    }
+}
+
+/// Root and tcpdump (captures of the distribution traffic).
+pub fn tcpdump() -> PathBuf {
+    root();
+    which("tcpdump")
+        .unwrap_or_else(|| missing("tcpdump", "no tcpdump on PATH", "apt-get install tcpdump"))
+}
+
 /// BusyBox (the ejabberd image's shell and tools).
 pub fn busybox() -> PathBuf {
     which("busybox")
