@@ -21,24 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// files live in a pod's emptyDir, which does not outlive a node crash; the
 /// daemon rewrites them from the API on every start.
 pub fn replace_file(path: &Path, content: &[u8], mtime: Option<SystemTime>) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        if let Some(t) = mtime {
-            f.set_modified(t)?;
-        }
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    replace(path, content, mtime, None)
 }
 
 /// As [`replace_file`], for a file holding a private key: created with
@@ -46,6 +29,15 @@ pub fn replace_file(path: &Path, content: &[u8], mtime: Option<SystemTime>) -> i
 /// fsGroup, nobody else), so it is never readable by others, not even
 /// between creation and rename.
 pub fn replace_private_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, content, None, Some(mode))
+}
+
+fn replace(
+    path: &Path,
+    content: &[u8],
+    mtime: Option<SystemTime>,
+    mode: Option<u32>,
+) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -53,15 +45,24 @@ pub fn replace_private_file(path: &Path, content: &[u8], mode: u32) -> io::Resul
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    // A temp file left by a crash keeps its old mode: start afresh.
-    let _ = fs::remove_file(&tmp);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut open = fs::OpenOptions::new();
+        open.write(true);
+        match mode {
+            // A temp file left by a crash keeps its old mode: start afresh.
+            Some(m) => {
+                let _ = fs::remove_file(&tmp);
+                open.create_new(true).mode(m);
+            }
+            None => {
+                open.create(true).truncate(true);
+            }
+        }
+        let mut f = open.open(&tmp)?;
         f.write_all(content)?;
+        if let Some(t) = mtime {
+            f.set_modified(t)?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
