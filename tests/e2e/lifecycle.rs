@@ -42,6 +42,14 @@ const SCRIPT: &str = concat!(
     "/deploy/base/ejabberd/cluster-entrypoint.sh"
 );
 const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/ejabberd");
+/// The tls-dist overlay's ejabberdctl.cfg (ERL_OPTIONS with inet_tls).
+const TLS_CTL_CFG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/overlays/tls-dist/ejabberdctl.cfg"
+);
+/// The optfile path the tls-dist overlay's ERL_OPTIONS names (the shared
+/// /var/run/kube-epmd); a pod's own output directory replaces it here.
+const TLS_OPTFILE_IN_DEPLOY: &str = "/var/run/kube-epmd/ssl_dist.conf";
 const COOKIE: &str = "kube_epmd_lifecycle";
 const DOMAIN: &str = "localhost";
 /// The issue's target for "all pods recreated -> every node in every
@@ -154,11 +162,28 @@ struct Chat {
     busybox: PathBuf,
     /// StatefulSet object published to the API server (`spec.replicas`).
     replicas: i32,
+    /// Distribution over mutual TLS (the tls-dist overlay): every
+    /// kube-epmd issues its pod's certificate from this test CA directory.
+    tls: Option<PathBuf>,
 }
 
 impl Chat {
     /// `label` names the test's namespaces (one per test in a run).
     async fn new(label: &str, n: usize, flavour: &Flavour) -> Result<Chat, String> {
+        Chat::with_dist(label, n, flavour, None).await
+    }
+
+    /// [`Chat::new`], the pods as deploy/overlays/tls-dist runs them when
+    /// `ca` is a directory with the cluster CA (`ca.crt`, `ca.key`): each
+    /// kube-epmd gets `--tls-ca-dir CA --tls-subdomain xmpp-internal-svc`
+    /// and each pod the overlay's ejabberdctl.cfg (inet_tls, the optfile
+    /// in that pod's output directory).
+    async fn with_dist(
+        label: &str,
+        n: usize,
+        flavour: &Flavour,
+        ca: Option<PathBuf>,
+    ) -> Result<Chat, String> {
         let label = flavour.tag(label);
         let ctl = match flavour {
             Flavour::Host => PathBuf::from("/usr/sbin/ejabberdctl"),
@@ -180,6 +205,12 @@ impl Chat {
         // allows nothing else (resourceNames: [chat]).
         c.sidecar_args = vec!["--statefulset".into(), "chat".into()];
         c.api.restrict_statefulsets_to(Some(&["chat"]));
+        if let Some(ca) = &ca {
+            c.sidecar_args.push("--tls-ca-dir".into());
+            c.sidecar_args.push(ca.display().to_string());
+            c.sidecar_args.push("--tls-subdomain".into());
+            c.sidecar_args.push(SUBDOMAIN.into());
+        }
         let home = c.path("home");
         std::fs::create_dir_all(&home).map_err(|e| format!("{e}"))?;
         let cookie = home.join(".erlang.cookie");
@@ -209,6 +240,7 @@ impl Chat {
             gid,
             busybox,
             replicas: n as i32,
+            tls: ca,
         };
         for k in 0..n {
             chat.add_slot(k, &pem)?;
@@ -243,11 +275,28 @@ impl Chat {
             .map_err(|e| format!("ejabberd.yml: {e}"))?
             .replace("/opt/ejabberd/conf/server.pem", &pem.display().to_string());
         std::fs::write(ct.conf.join("ejabberd.yml"), yml).map_err(|e| format!("{e}"))?;
-        std::fs::copy(
-            Path::new(CONF).join("ejabberdctl.cfg"),
-            ct.conf.join("ejabberdctl.cfg"),
-        )
-        .map_err(|e| format!("ejabberdctl.cfg: {e}"))?;
+        if self.tls.is_some() {
+            let cfg =
+                std::fs::read_to_string(TLS_CTL_CFG).map_err(|e| format!("{TLS_CTL_CFG}: {e}"))?;
+            if !cfg.contains(TLS_OPTFILE_IN_DEPLOY) {
+                return Err(format!("{TLS_CTL_CFG} names no {TLS_OPTFILE_IN_DEPLOY}"));
+            }
+            let optfile = self.c.pods[k].out_dir.join(kube_epmd::tls::OPTFILE);
+            let cfg = cfg.replace(TLS_OPTFILE_IN_DEPLOY, &optfile.display().to_string());
+            std::fs::write(ct.conf.join("ejabberdctl.cfg"), cfg).map_err(|e| format!("{e}"))?;
+            // The pod's fsGroup: the shared directory is the ejabberd
+            // group's and set-group-ID, so the key kube-epmd writes there
+            // (mode 0640) is readable by the ejabberd container.
+            let out = &self.c.pods[k].out_dir;
+            sh(&format!("chgrp {} {}", self.gid, out.display()))?;
+            set_mode(out, 0o2755)?;
+        } else {
+            std::fs::copy(
+                Path::new(CONF).join("ejabberdctl.cfg"),
+                ct.conf.join("ejabberdctl.cfg"),
+            )
+            .map_err(|e| format!("ejabberdctl.cfg: {e}"))?;
+        }
         // The deploy mounts kube-epmd's inetrc at $CONFIG_DIR/inetrc.
         std::os::unix::fs::symlink(self.c.pods[k].inetrc(), ct.conf.join("inetrc"))
             .map_err(|e| format!("inetrc link: {e}"))?;
@@ -604,11 +653,11 @@ impl Chat {
         Ok(v)
     }
 
-    /// Mnesia's `db_nodes` (the schema) of pod `k`'s node, read by a plain
-    /// `erl` started by the test (not the entrypoint's helper).
-    async fn db_nodes(&self, k: usize) -> Result<Vec<String>, String> {
-        // In a root, the probe is the root's erl (its OTP speaks to the
-        // root's ejabberd), with a clean environment there.
+    /// An `erl` of the test's own (not the entrypoint's helper) in pod
+    /// `k`, as root, resolving through the pod's inetrc: the host's, or in
+    /// a root the root's erl (its OTP speaks to the root's ejabberd), with
+    /// a clean environment there. Only the arguments are left to add.
+    fn erl(&self, k: usize) -> tokio::process::Command {
         let mut cmd = match &self.root {
             None => self.c.pods[k].ns.command("erl"),
             Some(_) => {
@@ -621,6 +670,30 @@ impl Chat {
                 self.in_pod(k, &argv)
             }
         };
+        cmd.env("ERL_INETRC", self.c.pods[k].inetrc())
+            .current_dir(self.c.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The distribution arguments of pod `k`'s own VMs: the tls-dist
+    /// overlay's (inet_tls with the optfile its kube-epmd wrote), or none.
+    fn dist_args(&self, k: usize) -> Vec<OsString> {
+        match self.tls {
+            Some(_) => vec![
+                "-proto_dist".into(),
+                "inet_tls".into(),
+                "-ssl_dist_optfile".into(),
+                self.c.pods[k].out_dir.join(kube_epmd::tls::OPTFILE).into(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Mnesia's `db_nodes` (the schema) of pod `k`'s node, read by a plain
+    /// `erl` started by the test (not the entrypoint's helper).
+    async fn db_nodes(&self, k: usize) -> Result<Vec<String>, String> {
+        let mut cmd = self.erl(k);
         let probe = format!(
             "probe{}-{k}@{}.{SUBDOMAIN}",
             std::process::id(),
@@ -630,15 +703,13 @@ impl Chat {
             .args(["-start_epmd", "false", "-setcookie", COOKIE])
             .args(["-kernel", "inet_dist_listen_min", "4200"])
             .args(["-kernel", "inet_dist_listen_max", "4210"])
+            .args(self.dist_args(k))
             .arg("-eval")
             .arg(format!(
                 "R = rpc:call('{}', mnesia, system_info, [db_nodes], 10000), \
                  io:format(\"~p~n\", [R]), halt(0).",
                 node(k)
-            ))
-            .env("ERL_INETRC", self.c.pods[k].inetrc())
-            .current_dir(self.c.dir.path())
-            .stdin(Stdio::null());
+            ));
         let what = format!("chat-{k}: erl probe");
         let out = output(cmd, &what, Duration::from_secs(30)).await?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -1208,3 +1279,6 @@ lifecycle_test!(
     forky,
     lost_higher_volume
 );
+
+// After the macros above: the TLS scenario reuses `say!` and the harness.
+mod tls;
