@@ -174,15 +174,21 @@ impl World {
         n
     }
 
-    /// Evaluate `expr` on a fresh node and return what it printed (`~p`).
+    /// Evaluate `expr` on a fresh node and return its value as `~w` prints it.
     fn eval(&self, node: &str, optfile: Option<&Path>, expr: &str) -> String {
         let mut c = self.erl(node, optfile);
+        // The value on a line of its own behind a marker: ssl may log a
+        // TLS alert to the same output after it, before the VM halts.
         c.args([
             "-eval",
-            &format!("io:format(\"~p~n\", [begin {expr} end]), halt()."),
+            &format!("io:format(\"~nEVAL-RESULT ~w~n\", [begin {expr} end]), halt()."),
         ]);
         let out = run(c, Duration::from_secs(60));
-        out.lines().last().unwrap_or("").trim().to_string()
+        out.lines()
+            .find_map(|l| l.strip_prefix("EVAL-RESULT "))
+            .unwrap_or_else(|| panic!("{node} printed no result for {expr}:\n{out}"))
+            .trim()
+            .to_string()
     }
 
     fn names(&self) -> String {
