@@ -439,9 +439,14 @@ fn creation_is_time_based() {
         let (_k, o) = exchange_keep(d.port, &alive2(b"t", 4200, 6, b""));
         let after = now();
         let c = u32::from_be_bytes([o.bytes[2], o.bytes[3], o.bytes[4], o.bytes[5]]);
+        // A new name gets the daemon's `now + 1`. C epmd reads `time()`,
+        // which glibc serves from the coarse realtime clock: it can lag
+        // this test's clock by a tick across a second boundary (CI saw
+        // creation == before once), so the bound is `before`, not
+        // `before + 1`. Still not a constant, and not a counter from 1.
         assert!(
-            c > before && c <= after + 1,
-            "{which:?}: creation {c} not in ({before}, {}]",
+            c >= before && c <= after + 1,
+            "{which:?}: creation {c} not in [{before}, {}]",
             after + 1
         );
     }
