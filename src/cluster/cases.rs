@@ -294,12 +294,18 @@ fn pod_deleted_or_all_down_with_volumes() {
         ],
     )
     .gives(Action::Start, "a peer loaded the tables");
-    // Every other node waited LOAD_GRACE: chat-0 went down last (or all at once).
+    // Every other node waits for tables and none saw chat-0 go down: each
+    // went down before it, chat-0 holds the newest copy (or all went down
+    // at once): start, without waiting out LOAD_GRACE.
     let w = |k, up| seen(k, Waiting, ALL, &[k], up, &[]);
-    case(0, Boot, true, vec![down(0), w(1, 16), w(2, 15)])
-        .gives(Action::Start, "all others waited the grace");
-    case(0, Boot, true, vec![down(0), w(1, 16), w(2, 14)])
-        .gives(Action::Wait(2), "one has waited less than the grace");
+    case(0, Boot, true, vec![down(0), w(1, 6), w(2, 5)])
+        .gives(Action::Start, "none saw chat-0 go: it went down last");
+    case(0, Boot, true, vec![down(0), w(1, 16), w(2, 4)])
+        .gives(Action::Wait(2), "one is up less than SETTLE_SECS");
+    // chat-1 went down first, chat-2 saw it go, chat-0 saw both: neither
+    // waiter saw chat-0 go.
+    let saw1 = seen(2, Waiting, ALL, &[2], 7, &[1]);
+    case(0, Boot, true, vec![down(0), w(1, 7), saw1]).gives(Action::Start, "chat-0 went down last");
     // Found by tests/cluster_model.rs: chat-0 killed (both saw it go), a
     // write, then every container killed at once. The others wait for each
     // other; chat-0's copy is the older one: starting it would have the

@@ -174,10 +174,11 @@ fn schema_of_listers<'a>(me: &str, facts: impl Iterator<Item = &'a NodeFact>) ->
 /// pods start at once: writes made after chat-0 went down were lost). So
 /// the lowest node of the schema starts last: once another node has the
 /// tables (the one that went down last loads them by itself, and this one
-/// then copies from it), or once every other node has waited LOAD_GRACE
-/// seconds without loading (none of them went down last: this node did, or
-/// all went down together), or after HOLD_MAX seconds whatever the others
-/// do. Every other node starts at once. Nothing is forced.
+/// then copies from it), or once every other node waits for tables and
+/// none of them saw this node go down (each went down before it: this one
+/// went down last, or all went down together), or after HOLD_MAX seconds
+/// whatever the others do. Every other node starts at once. Nothing is
+/// forced.
 fn hold_lowest(f: &Facts) -> Plan {
     let o = &f.obs;
     let me = o.me.as_str();
@@ -246,11 +247,15 @@ fn hold_lowest(f: &Facts) -> Plan {
                     ),
                 );
             }
-        } else if waited >= o.timing.load_grace {
+        } else if waited >= SETTLE_SECS {
+            // None saw this node go down: each went down before it (or all
+            // at once, when any copy is as good), so this copy is the
+            // newest and Mnesia's orphan rule loading it is right. A node
+            // that went down after us would hold a down record of us.
             return plan_of(
                 Action::Start,
                 format!(
-                    "{STARTING}; every other node waits for tables ({waited} s): this one went down last (or all at once)"
+                    "{STARTING}; every other node waits for tables ({waited} s) and none saw this one go down: it went down last (or all at once)"
                 ),
             );
         }
