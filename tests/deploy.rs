@@ -23,11 +23,11 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
-    check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
-    check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
-    field_ref, parse_documents, prereq, rendered_objects, repo_path, run_checks, sidecar_args,
-    sidecar_mut, unknown_fields, valid_port_name,
+    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir,
+    check_ca_in_sidecar_only, check_env_expansion, check_hardening, check_headless_service,
+    check_no_literal_cookie, check_ports, check_rbac_wiring, check_role, check_selectors,
+    check_sidecar_common, container_mut, env, field_ref, parse_documents, prereq, rendered_objects,
+    repo_path, run_checks, sidecar_args, sidecar_mut, unknown_fields, valid_port_name,
 };
 use serde_json::Value;
 
@@ -339,34 +339,7 @@ fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
             "chat-0.xmpp-internal-svc.xmpp.svc.cluster.local"
         ]
     );
-    let secret_volumes: Vec<String> = m
-        .pod()
-        .volumes
-        .iter()
-        .flatten()
-        .filter(|v| {
-            v.secret
-                .as_ref()
-                .is_some_and(|s| s.secret_name.as_deref() == Some("kube-epmd-dist-ca"))
-        })
-        .map(|v| v.name.clone())
-        .collect();
-    assert_eq!(secret_volumes.len(), 1, "one CA Secret volume");
-    for c in m.all_containers() {
-        let mounts: Vec<_> = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .filter(|v| v.name == secret_volumes[0])
-            .collect();
-        if c.name == m.sidecar().name {
-            assert_eq!(mounts.len(), 1);
-            assert_eq!(Path::new(&mounts[0].mount_path), ca_dir.as_path());
-            assert_eq!(mounts[0].read_only, Some(true));
-        } else {
-            assert!(mounts.is_empty(), "{} must not mount the CA", c.name);
-        }
-    }
+    check_ca_in_sidecar_only(&m, "kube-epmd-dist-ca", &ca_dir).expect("CA mounts");
     let cfg = |m: &Manifests| {
         m.config_file("ejabberd-config", "ejabberdctl.cfg")
             .expect("ejabberdctl.cfg")

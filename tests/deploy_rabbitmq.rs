@@ -22,13 +22,16 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use manifests::{
-    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir, check_env_expansion,
-    check_hardening, check_headless_service, check_no_literal_cookie, check_ports,
-    check_rbac_wiring, check_role, check_selectors, check_sidecar_common, container_mut, env,
-    field_ref, object_id, pod_mut, run_checks, sidecar_mut,
+    Check, DIST, Manifests, assert_typed_objects, check_app_sees_output_dir,
+    check_ca_in_sidecar_only, check_env_expansion, check_hardening, check_headless_service,
+    check_no_literal_cookie, check_ports, check_rbac_wiring, check_role, check_selectors,
+    check_sidecar_common, container_mut, env, field_ref, object_id, pod_mut, run_checks,
+    sidecar_args, sidecar_mut,
 };
 
 const KUSTOMIZATION: &str = "deploy/examples/rabbitmq";
+/// The example over mutual TLS (an overlay of it).
+const TLS_KUSTOMIZATION: &str = "deploy/examples/rabbitmq-tls-dist";
 const APP: &str = "rabbitmq";
 const AMQP: i32 = 5672;
 /// Where RabbitMQ (3.9 and later) reads extra configuration files.
@@ -321,6 +324,69 @@ fn sidecar_is_started_like_the_ejabberd_one() {
     assert_eq!(
         rabbit.sidecar().startup_probe,
         ejabberd.sidecar().startup_probe
+    );
+}
+
+/// The TLS overlay: every check of the example still holds; the sidecar
+/// issues from the CA Secret, which only the sidecar mounts, for the pod's
+/// names under the headless Service; the broker and the CLI (through the
+/// container's environment, which `kubectl exec` inherits) run inet_tls
+/// with the optfile the sidecar writes into the shared directory; nothing
+/// else in the broker's container differs.
+#[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
+fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
+    assert_typed_objects(TLS_KUSTOMIZATION, &["Namespace"]);
+    let base = load();
+    let m = Manifests::load(TLS_KUSTOMIZATION);
+    let problems = all_checks(&m);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
+    let ca_dir = args.tls.tls_ca_dir.clone().expect("--tls-ca-dir");
+    let settings = args
+        .tls
+        .settings(
+            Some("rmq-0"),
+            Some("rabbitmq"),
+            &args.kube.cluster_domain,
+            &args.kube.output_dir,
+        )
+        .expect("TLS settings")
+        .expect("TLS on");
+    assert!(
+        settings
+            .names
+            .contains(&"rmq-0.rmq-internal-svc".to_string()),
+        "the certificate lacks the node names' host: {:?}",
+        settings.names
+    );
+    check_ca_in_sidecar_only(&m, "kube-epmd-dist-ca", &ca_dir).expect("CA mounts");
+    let optfile = args.kube.output_dir.join(kube_epmd::tls::OPTFILE);
+    let want = format!(
+        "-proto_dist inet_tls -ssl_dist_optfile {}",
+        optfile.display()
+    );
+    let app = m.container(APP);
+    for var in [
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+        "RABBITMQ_CTL_ERL_ARGS",
+    ] {
+        assert_eq!(value(app, var).as_deref(), Some(want.as_str()), "{var}");
+    }
+    let shared = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|v| optfile.starts_with(&v.mount_path) && v.sub_path.is_none());
+    assert!(shared, "the broker does not see {}", optfile.display());
+    let mut app = app.clone();
+    if let Some(env) = app.env.as_mut() {
+        env.retain(|e| !e.name.ends_with("_ERL_ARGS"));
+    }
+    assert_eq!(
+        &app,
+        base.container(APP),
+        "only the two erl argument variables differ"
     );
 }
 

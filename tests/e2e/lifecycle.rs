@@ -1281,4 +1281,4 @@ lifecycle_test!(
 );
 
 // After the macros above: the TLS scenario reuses `say!` and the harness.
-mod tls;
+pub(crate) mod tls;

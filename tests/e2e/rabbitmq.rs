@@ -19,6 +19,12 @@
 //!
 //! Every broker and CLI call gets its own HOME (cookie), config, Mnesia and
 //! log directories under the test's scratch dir.
+//!
+//! Scenario 9 over TLS (issue 16): the same brokers configured as
+//! deploy/examples/rabbitmq-tls-dist renders (`kubectl kustomize`): every
+//! kube-epmd issues its pod's certificate from a test CA, and the broker
+//! and the CLI run `inet_tls` with the sidecar's optfile
+//! (RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS, RABBITMQ_CTL_ERL_ARGS).
 
 mod procfs;
 
@@ -44,6 +50,11 @@ const PODS: usize = 3;
 const EXAMPLE_CONF: &str = "deploy/examples/rabbitmq/rabbitmq/rabbitmq.conf";
 /// The StatefulSet whose rabbitmq container's environment is used here.
 const EXAMPLE_STS: &str = "deploy/examples/rabbitmq/statefulset.yaml";
+/// The example over mutual TLS, a kustomize overlay of the example.
+const TLS_EXAMPLE: &str = "deploy/examples/rabbitmq-tls-dist";
+/// Where the example mounts kube-epmd's output directory in the broker's
+/// container (the optfile's path in the TLS overlay's erl arguments).
+const SIDECAR_DIR: &str = "/var/run/kube-epmd";
 /// Bound on one CLI call.
 const CTL_LIMIT: Duration = Duration::from_secs(60);
 /// Bound on forming the cluster from empty databases (three brokers
@@ -104,12 +115,11 @@ fn example_conf() -> Result<String, String> {
 /// in the node name and the paths that live under the test's scratch dir
 /// here (kube-epmd's inetrc, HOME, the Mnesia base). A variable this test
 /// does not know is an error, so the test follows the manifest.
-fn example_env(c: &Cluster, b: &Broker) -> Result<Vec<(String, String)>, String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE_STS);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let sts: serde_json::Value =
-        serde_saphyr::from_str(&text).map_err(|e| format!("{EXAMPLE_STS}: {e}"))?;
+fn example_env(
+    c: &Cluster,
+    b: &Broker,
+    sts: &serde_json::Value,
+) -> Result<Vec<(String, String)>, String> {
     let env = sts["spec"]["template"]["spec"]["containers"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == "rabbitmq"))
@@ -136,6 +146,13 @@ fn example_env(c: &Cluster, b: &Broker) -> Result<Vec<(String, String)>, String>
             ("ERL_INETRC", Some(v)) if v.ends_with("/inetrc") => path_str(&c.pods[k].inetrc()),
             ("HOME", Some(_)) => path_str(&b.home),
             ("RABBITMQ_MNESIA_BASE", Some(_)) => path_str(&b.mnesia),
+            // The TLS overlay: the optfile in the sidecar's directory,
+            // which is the pod's output directory here.
+            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS" | "RABBITMQ_CTL_ERL_ARGS", Some(v))
+                if v.contains("-proto_dist inet_tls") && v.contains(SIDECAR_DIR) =>
+            {
+                v.replace(SIDECAR_DIR, &path_str(&c.pods[k].out_dir))
+            }
             (
                 "RABBITMQ_USE_LONGNAME"
                 | "RABBITMQ_DIST_PORT"
@@ -156,8 +173,41 @@ fn example_env(c: &Cluster, b: &Broker) -> Result<Vec<(String, String)>, String>
     Ok(out)
 }
 
+/// The example's StatefulSet, as its file has it.
+fn example_statefulset() -> Result<serde_json::Value, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE_STS);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| format!("{EXAMPLE_STS}: {e}"))
+}
+
+/// The StatefulSet of kustomization `dir` as `kubectl kustomize` renders it.
+async fn rendered_statefulset(dir: &str) -> Result<serde_json::Value, String> {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("kustomize")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = exec::output(cmd, &format!("kubectl kustomize {dir}"), CTL_LIMIT).await?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl kustomize {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    for doc in text.split("\n---\n") {
+        let v: serde_json::Value =
+            serde_saphyr::from_str(doc).map_err(|e| format!("{dir} rendered: {e}"))?;
+        if v["kind"] == "StatefulSet" {
+            return Ok(v);
+        }
+    }
+    Err(format!("{dir} renders no StatefulSet"))
+}
+
 /// Lay out pod `k`'s directories and configuration.
-fn prepare(c: &Cluster, k: usize) -> Result<Broker, String> {
+fn prepare(c: &Cluster, k: usize, sts: &serde_json::Value) -> Result<Broker, String> {
     let root = c.path(&format!("pod{k}/rabbitmq"));
     let mut b = Broker {
         k,
@@ -181,7 +231,7 @@ fn prepare(c: &Cluster, k: usize) -> Result<Broker, String> {
     write(&b.etc.join("rabbitmq-env.conf"), "")?;
     write(&b.etc.join("enabled_plugins"), "[].\n")?;
     write(&b.etc.join("rabbitmq.conf"), &example_conf()?)?;
-    b.env = example_env(c, &b)?;
+    b.env = example_env(c, &b, sts)?;
     Ok(b)
 }
 
@@ -510,50 +560,34 @@ fn check_epmd_owner(c: &Cluster, w: &Watcher, k: usize) -> Result<(), String> {
     Ok(())
 }
 
-async fn scenario() -> Result<(), String> {
-    if !Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
-        return Err(format!(
-            "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
-        ));
-    }
-    let t_all = Instant::now();
-    let mut c = Cluster::new("rmq", PODS).await?;
-    for k in 0..PODS {
-        c.publish(k, false);
-    }
-    for k in 0..PODS {
-        c.start_sidecar(k).await?;
-    }
-    let watcher = Watcher::start(&c)?;
-    let mut brokers = (0..PODS)
-        .map(|k| prepare(&c, k))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // Formation: all three at once, empty databases, no join_cluster.
+/// Formation: all brokers at once, empty databases, no join_cluster; one
+/// node starts the cluster and the others join it by peer discovery; each
+/// broker is registered at 4200.
+async fn form(c: &Cluster, brokers: &mut [Broker], tag: &str) -> Result<(), String> {
     let t_form = Instant::now();
-    for b in &mut brokers {
-        start(&c, b)?;
+    for b in brokers.iter_mut() {
+        start(c, b)?;
     }
     let (r0, r1, r2) = tokio::join!(
-        await_startup(&c, &brokers[0], FORM_LIMIT),
-        await_startup(&c, &brokers[1], FORM_LIMIT),
-        await_startup(&c, &brokers[2], FORM_LIMIT),
+        await_startup(c, &brokers[0], FORM_LIMIT),
+        await_startup(c, &brokers[1], FORM_LIMIT),
+        await_startup(c, &brokers[2], FORM_LIMIT),
     );
     r0.and(r1).and(r2)?;
     let booted = t_form.elapsed();
     await_members(
-        &c,
+        c,
         &brokers.iter().collect::<Vec<_>>(),
         &all_nodes(),
         FORM_LIMIT,
     )
     .await?;
     let formed = t_form.elapsed();
-    report!("rmq: 3 brokers booted in {booted:?}, one 3-node cluster on every pod in {formed:?}");
+    report!("{tag}: 3 brokers booted in {booted:?}, one 3-node cluster on every pod in {formed:?}");
     // Peer discovery did it: one node started the cluster, the other two
     // picked a peer from the classic-config list by themselves.
     let (mut seeds, mut joined) = (Vec::new(), 0);
-    for b in &brokers {
+    for b in brokers.iter() {
         let log = broker_log(b);
         if log.contains("Starting as a blank standalone node") {
             seeds.push(node(b.k));
@@ -569,7 +603,7 @@ async fn scenario() -> Result<(), String> {
         ));
     }
     report!(
-        "rmq: {} started the cluster, the other two joined it by peer discovery",
+        "{tag}: {} started the cluster, the other two joined it by peer discovery",
         seeds[0]
     );
     for k in 0..PODS {
@@ -580,6 +614,32 @@ async fn scenario() -> Result<(), String> {
                 c.names(k)?
             ));
         }
+    }
+    Ok(())
+}
+
+async fn scenario() -> Result<(), String> {
+    if !Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
+        return Err(format!(
+            "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
+        ));
+    }
+    let t_all = Instant::now();
+    let mut c = Cluster::new("rmq", PODS).await?;
+    for k in 0..PODS {
+        c.publish(k, false);
+    }
+    for k in 0..PODS {
+        c.start_sidecar(k).await?;
+    }
+    let watcher = Watcher::start(&c)?;
+    let sts = example_statefulset()?;
+    let mut brokers = (0..PODS)
+        .map(|k| prepare(&c, k, &sts))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    form(&c, &mut brokers, "rmq").await?;
+    for k in 0..PODS {
         check_epmd_owner(&c, &watcher, k)?;
     }
 
@@ -737,6 +797,110 @@ async fn scenario() -> Result<(), String> {
     Ok(())
 }
 
+/// Scenario 9 over mutual TLS (see the module): the brokers form their
+/// cluster and replicate over `inet_tls`, the CLI reaches them over it,
+/// and a CLI without the certificate (plain `inet_tcp`, the cookie right)
+/// reaches none.
+async fn tls_scenario() -> Result<(), String> {
+    if !Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
+        return Err(format!(
+            "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
+        ));
+    }
+    let t_all = Instant::now();
+    let sts = rendered_statefulset(TLS_EXAMPLE).await?;
+    // The overlay's sidecar arguments, applied to this harness's sidecar.
+    let args: Vec<String> = sts["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "kube-epmd"))
+        .and_then(|c| c["args"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .ok_or(format!("{TLS_EXAMPLE}: no kube-epmd sidecar with args"))?;
+    let tls_args: Vec<&String> = args.iter().filter(|a| a.starts_with("--tls-")).collect();
+    let want = ["--tls-ca-dir=", "--tls-subdomain=rmq-internal-svc"];
+    if tls_args.len() != 2 || !want.iter().zip(&tls_args).all(|(w, a)| a.starts_with(w)) {
+        return Err(format!(
+            "{TLS_EXAMPLE}: sidecar TLS arguments {tls_args:?}, want {want:?}"
+        ));
+    }
+    let mut c = Cluster::new("rmt", PODS).await?;
+    let ca = crate::lifecycle::tls::cluster_ca(c.dir.path())?;
+    c.sidecar_args = vec![
+        format!("--tls-ca-dir={}", ca.display()),
+        tls_args[1].replace("rmq-internal-svc", SUBDOMAIN),
+    ];
+    for k in 0..PODS {
+        c.publish(k, false);
+    }
+    for k in 0..PODS {
+        c.start_sidecar(k).await?;
+        let opt = c.pods[k].out_dir.join(kube_epmd::tls::OPTFILE);
+        if !opt.exists() {
+            return Err(format!("pod {k}: ready without {}", opt.display()));
+        }
+    }
+    let mut brokers = (0..PODS)
+        .map(|k| prepare(&c, k, &sts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for b in &brokers {
+        for var in [
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+            "RABBITMQ_CTL_ERL_ARGS",
+        ] {
+            if !b.env.iter().any(|(n, _)| n == var) {
+                return Err(format!("{TLS_EXAMPLE}: the rabbitmq container lacks {var}"));
+            }
+        }
+    }
+    form(&c, &mut brokers, "rmq tls").await?;
+    // The broker's own distribution is TLS (what the CLI just used too).
+    let proto = ctl_ok(&c, &brokers[0], &["eval", "init:get_argument(proto_dist)."]).await?;
+    if !proto.contains("inet_tls") {
+        return Err(format!("pod 0: the broker runs proto_dist {proto}"));
+    }
+    ctl_ok(&c, &brokers[0], &["add_user", "carol", "s3cret"]).await?;
+    for b in &brokers {
+        let u = users(&ctl_json(&c, b, &["list_users"]).await?);
+        if !u.iter().any(|u| u == "carol") {
+            return Err(format!("pod {}: users {u:?} without carol", b.k));
+        }
+    }
+    report!("rmq tls: user carol (added on pod 0 over TLS) listed by every pod's CLI");
+    // The CLI without the certificate: the cookie is right, TLS refuses it.
+    let t = Instant::now();
+    let mut cmd = rabbit_command(&c, &brokers[1], "rabbitmqctl");
+    cmd.env_remove("RABBITMQ_CTL_ERL_ARGS").arg("list_users");
+    let out = exec::output(cmd, "pod 1: rabbitmqctl list_users, plain", CTL_LIMIT).await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() || text.contains("carol") {
+        return Err(format!("a plain-TCP rabbitmqctl was answered: {text}"));
+    }
+    for b in &mut brokers {
+        if !alive(b) {
+            return Err(format!("pod {}: broker exited", b.k));
+        }
+    }
+    report!(
+        "rmq tls: rabbitmqctl without the certificate (plain inet_tcp, right cookie) refused \
+         (exit {:?}, {:?}), brokers unaffected; total {:?}",
+        out.status.code(),
+        t.elapsed(),
+        t_all.elapsed()
+    );
+    for b in &mut brokers {
+        stop(b).await?;
+    }
+    Ok(())
+}
+
 /// Scenario 9: three Debian rabbitmq-server brokers cluster through
 /// kube-epmd by classic-config peer discovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -748,4 +912,18 @@ async fn scenario() -> Result<(), String> {
 async fn s9_rabbitmq_cluster() {
     crate::support::prereq::rabbitmq();
     run("s9 rabbitmq cluster", scenario()).await;
+}
+
+/// Scenario 9 over mutual TLS, as deploy/examples/rabbitmq-tls-dist runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
+#[cfg_attr(
+    skip_rabbitmq,
+    ignore = "needs Debian's rabbitmq-server (KUBE_EPMD_TEST_SKIP)"
+)]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
+async fn s9_rabbitmq_cluster_over_tls() {
+    crate::support::prereq::rabbitmq();
+    crate::support::prereq::kubectl();
+    run("s9 rabbitmq cluster over tls", tls_scenario()).await;
 }

@@ -1082,3 +1082,47 @@ pub fn container_mut<'a>(m: &'a mut Manifests, name: &str) -> &'a mut Container 
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no container {name}"))
 }
+
+/// Distribution over TLS: the CA Secret `secret` is one volume, mounted
+/// read-only at `ca_dir` (the sidecar's `--tls-ca-dir`) in the sidecar and
+/// in no other container.
+pub fn check_ca_in_sidecar_only(m: &Manifests, secret: &str, ca_dir: &Path) -> Result<(), String> {
+    let volumes: Vec<&str> = m
+        .pod()
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret
+                .as_ref()
+                .is_some_and(|s| s.secret_name.as_deref() == Some(secret))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    let [volume] = volumes[..] else {
+        return Err(format!(
+            "want one volume of Secret {secret}, found {volumes:?}"
+        ));
+    };
+    for c in m.all_containers() {
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|v| v.name == volume)
+            .collect();
+        if c.name == m.sidecar().name {
+            let ok = matches!(&mounts[..], [v] if Path::new(&v.mount_path) == ca_dir
+                && v.read_only == Some(true));
+            if !ok {
+                return Err(format!(
+                    "the sidecar mounts {volume} as {mounts:?}, want once, read-only, at {}",
+                    ca_dir.display()
+                ));
+            }
+        } else if !mounts.is_empty() {
+            return Err(format!("{} must not mount the CA ({volume})", c.name));
+        }
+    }
+    Ok(())
+}

@@ -46,7 +46,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 
 /// The cluster CA's directory as the Secret mounts it in the sidecar only
 /// (root's, mode 0700 here: the ejabberd user cannot read it).
-fn cluster_ca(dir: &Path) -> Result<PathBuf, String> {
+pub(crate) fn cluster_ca(dir: &Path) -> Result<PathBuf, String> {
     let ca = dir.join("cluster-ca");
     std::fs::create_dir_all(&ca).map_err(|e| format!("{e}"))?;
     set_mode(&ca, 0o700)?;
