@@ -869,10 +869,18 @@ async fn lifecycle(flavour: Flavour) -> Result<(), String> {
     chat.wait_all_ready(&ALL).await?;
     let d = chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.users_everywhere(&ALL, &users).await?;
+    // Why chat-0 started (which node went down last decides how long it
+    // held back): its entrypoint's last start.
+    let log0 = chat.log(0);
+    let why0 = log0
+        .lines()
+        .rev()
+        .find(|l| l.contains("start: clustered before"))
+        .unwrap_or("(no start logged)");
     say!(
         chat,
         "all 3 deleted at once: full cluster {:?} after recreation \
-         (list_cluster full {d:?} after the last Ready; {:?} with the stop)",
+         (list_cluster full {d:?} after the last Ready; {:?} with the stop); chat-0: {why0}",
         t_recreate.elapsed(),
         t.elapsed()
     );
