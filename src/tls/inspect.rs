@@ -30,9 +30,19 @@ pub struct CertInfo {
     pub public_key: Vec<u8>,
 }
 
-/// The first certificate in a PEM bundle (a chain starts with its leaf;
-/// a CA bundle's first entry is taken as the CA).
+/// The first certificate in a PEM bundle (a chain starts with its leaf).
 pub fn first_cert(pem: &[u8]) -> Result<CertInfo, InspectError> {
+    all_certs(pem)?
+        .into_iter()
+        .next()
+        .map(|(_, info)| info)
+        .ok_or(InspectError::NoCertificate)
+}
+
+/// Every certificate in a PEM bundle, in order: its DER and what it says.
+/// Empty when there is none; an entry that does not parse is an error.
+pub fn all_certs(pem: &[u8]) -> Result<Vec<(Vec<u8>, CertInfo)>, InspectError> {
+    let mut out = Vec::new();
     for block in Pem::iter_from_buffer(pem) {
         let block = block.map_err(|e| InspectError::Parse(e.to_string()))?;
         if block.label != "CERTIFICATE" {
@@ -54,16 +64,17 @@ pub fn first_cert(pem: &[u8]) -> Result<CertInfo, InspectError> {
             Ok(None) => Vec::new(),
             Err(e) => return Err(InspectError::Parse(e.to_string())),
         };
-        return Ok(CertInfo {
+        let info = CertInfo {
             not_before: x.validity().not_before.timestamp(),
             not_after: x.validity().not_after.timestamp(),
             serial: x.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
             is_ca: x.is_ca(),
             dns_names,
             public_key: x.public_key().subject_public_key.data.to_vec(),
-        });
+        };
+        out.push((block.contents.clone(), info));
     }
-    Err(InspectError::NoCertificate)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::inspect::{self, CertInfo, InspectError};
@@ -28,7 +29,9 @@ pub enum IssueError {
          EC key with `openssl pkcs8 -topk8 -nocrypt -in ca.key -out ca.pkcs8.key`): {0}"
     )]
     CaKey(#[source] rcgen::Error),
-    #[error("the CA key does not belong to the CA certificate (their public keys differ)")]
+    #[error(
+        "the CA key belongs to no certificate in the CA file (no public key there is the key's)"
+    )]
     KeyMismatch,
     #[error("the CA certificate is not a CA (basicConstraints CA:TRUE is missing)")]
     NotCa,
@@ -46,8 +49,10 @@ pub enum IssueError {
 
 /// A cluster CA ready to sign.
 pub struct Ca {
-    /// The CA certificate as given (PEM), for the VM's cacertfile.
+    /// The CA file as given (PEM, one or more CAs), for the VM's
+    /// cacertfile.
     pub cert_pem: String,
+    /// The signing CA's (the certificate of the key).
     pub info: CertInfo,
     issuer: Issuer<'static, KeyPair>,
 }
@@ -59,26 +64,44 @@ impl std::fmt::Debug for Ca {
 }
 
 impl Ca {
-    /// Parse the CA certificate (the first PEM certificate in `cert_pem`)
-    /// and its key, checking that they belong together and that the
-    /// certificate is a CA. Validity is checked when issuing, against the
-    /// clock then.
+    /// Parse the CA bundle `cert_pem` and the signing key: the signing CA
+    /// is the bundle's certificate whose public key is the key's, and it
+    /// must be a CA. Every certificate of the bundle stays trusted (the
+    /// VM's cacertfile is the whole bundle): that is how a CA is rotated
+    /// without a gap (README, "Rotating the CA"). Validity is checked
+    /// when issuing, against the clock then.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, IssueError> {
-        let info = inspect::first_cert(cert_pem.as_bytes()).map_err(IssueError::CaCert)?;
+        let certs = inspect::all_certs(cert_pem.as_bytes()).map_err(IssueError::CaCert)?;
+        if certs.is_empty() {
+            return Err(IssueError::CaCert(InspectError::NoCertificate));
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(IssueError::CaKey)?;
+        let (der, info) = certs
+            .into_iter()
+            .find(|(_, info)| info.public_key.as_slice() == key.public_key_raw())
+            .ok_or(IssueError::KeyMismatch)?;
         if !info.is_ca {
             return Err(IssueError::NotCa);
         }
-        let key = KeyPair::from_pem(key_pem).map_err(IssueError::CaKey)?;
-        if key.public_key_raw() != info.public_key.as_slice() {
-            return Err(IssueError::KeyMismatch);
-        }
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der), key)
             .map_err(|e| IssueError::CaCert(InspectError::Parse(e.to_string())))?;
         Ok(Ca {
             cert_pem: cert_pem.to_string(),
             info,
             issuer,
         })
+    }
+
+    /// What this CA was read from, to notice a change: the CA file and
+    /// the signing key's certificate (its public key).
+    pub fn source_id(&self) -> String {
+        let key: String = self
+            .info
+            .public_key
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{key}\n{}", self.cert_pem)
     }
 
     /// Whether the CA can sign at `now`.
@@ -254,6 +277,39 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("PKCS#8"), "{e}");
         let e = Ca::from_pem("garbage", &key).unwrap_err();
         assert!(matches!(e, IssueError::CaCert(_)), "{e}");
+    }
+
+    /// A CA rotation's bundle: old and new CA in one file, in either
+    /// order; the key picks the signer, and the bundle is what is trusted.
+    #[test]
+    fn a_bundle_of_cas_signs_with_the_keys_certificate() {
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let (old, old_key) = test_ca(1_900_000_000, 2_100_000_000);
+        let (new, new_key) = test_ca(1_950_000_000, 2_200_000_000);
+        let bundle = format!("{old}{new}");
+        for (key, signer) in [(&old_key, &old), (&new_key, &new)] {
+            let ca = Ca::from_pem(&bundle, key).unwrap();
+            assert_eq!(ca.cert_pem, bundle, "the whole bundle is trusted");
+            let want = inspect::first_cert(signer.as_bytes()).unwrap();
+            assert_eq!(ca.info, want, "the key's certificate signs");
+            let leaf = issue(&ca, &names(), now, Duration::from_secs(3600)).unwrap();
+            // Signed by that CA: parse the leaf and check its issuer's key.
+            let pem = x509_parser::pem::Pem::iter_from_buffer(leaf.cert_pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+            let x = pem.parse_x509().unwrap();
+            let signer_pem = x509_parser::pem::Pem::iter_from_buffer(signer.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+            let signer_x = signer_pem.parse_x509().unwrap();
+            assert_eq!(x.issuer(), signer_x.subject());
+            x.verify_signature(Some(signer_x.public_key())).unwrap();
+        }
+        let (_, stranger_key) = test_ca(1_900_000_000, 2_100_000_000);
+        let e = Ca::from_pem(&bundle, &stranger_key).unwrap_err();
+        assert!(matches!(e, IssueError::KeyMismatch), "{e}");
     }
 
     #[test]

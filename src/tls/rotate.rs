@@ -99,9 +99,12 @@ impl Rotator {
             Err(e) => return self.fail(e.reason(), &e.to_string()),
         };
         self.metrics.ca_expiry_seconds.set(ca.info.not_after);
+        // A new CA file or a new signing key (a CA rotation's second
+        // step changes only the key) re-issues at once.
+        let from = ca.source_id();
         let due = match &self.current {
             None => true,
-            Some(c) => t >= c.renew_at || c.from != ca.cert_pem,
+            Some(c) => t >= c.renew_at || c.from != from,
         };
         if !due {
             self.recovered();
@@ -133,7 +136,7 @@ impl Rotator {
             names = ?leaf.info.dns_names,
             "distribution TLS certificate issued"
         );
-        self.written(leaf.info, renew, ca.cert_pem);
+        self.written(leaf.info, renew, from);
         until(renew, t).min(RECHECK)
     }
 
@@ -331,6 +334,64 @@ mod tests {
         let h = status.health(2_000_000_100);
         assert!(!h.ready, "{h:?}");
         assert!(h.message.contains("expired at 2000000100"), "{h:?}");
+    }
+
+    /// A CA rotation: the bundle of both CAs, then the new key. Each
+    /// change re-issues at once; the bundle is trusted throughout.
+    #[test]
+    fn a_ca_rotation_reissues_at_each_step() {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (old, old_key) = test_ca(1_900_000_000, 2_100_000_000);
+        let (new, new_key) = test_ca(1_950_000_000, 2_200_000_000);
+        let put = |cert: &str, key: &str| {
+            std::fs::write(ca_dir.path().join("ca.crt"), cert).unwrap();
+            std::fs::write(ca_dir.path().join("ca.key"), key).unwrap();
+        };
+        let (mut r, m, _) = rotator(Source::CaDir(ca_dir.path().into()), out.path(), 3600);
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let trusted = || std::fs::read_to_string(out.path().join("dist-ca.pem")).unwrap();
+        let issuer_key = || {
+            let pem = std::fs::read_to_string(out.path().join("dist.pem")).unwrap();
+            let block = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+            let leaf = block.parse_x509().unwrap();
+            [(&old, 'o'), (&new, 'n')]
+                .into_iter()
+                .find(|(ca, _)| {
+                    let b = x509_parser::pem::Pem::iter_from_buffer(ca.as_bytes())
+                        .next()
+                        .unwrap()
+                        .unwrap();
+                    leaf.verify_signature(Some(b.parse_x509().unwrap().public_key()))
+                        .is_ok()
+                })
+                .map(|(_, c)| c)
+        };
+        put(&old, &old_key);
+        r.step(at(2_000_000_000));
+        assert_eq!((trusted(), issuer_key()), (old.clone(), Some('o')));
+        // Step 1: both trusted, the old key still signs.
+        let both = format!("{old}{new}");
+        put(&both, &old_key);
+        r.step(at(2_000_000_010));
+        assert_eq!(m.certificates_written.get(), 2);
+        assert_eq!((trusted(), issuer_key()), (both.clone(), Some('o')));
+        // Step 2: the same file, the new key: re-issued from the new CA.
+        put(&both, &new_key);
+        r.step(at(2_000_000_020));
+        assert_eq!(m.certificates_written.get(), 3);
+        assert_eq!((trusted(), issuer_key()), (both.clone(), Some('n')));
+        assert_eq!(m.ca_expiry_seconds.get(), 2_200_000_000, "the signer's end");
+        // Unchanged: nothing written.
+        r.step(at(2_000_000_030));
+        assert_eq!(m.certificates_written.get(), 3);
+        // Step 3: the old CA dropped.
+        put(&new, &new_key);
+        r.step(at(2_000_000_040));
+        assert_eq!((trusted(), issuer_key()), (new.clone(), Some('n')));
     }
 
     #[test]
