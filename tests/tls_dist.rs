@@ -90,6 +90,12 @@ impl World {
     /// Pod `host`'s sidecar, issuing from `ca_dir` into `<dir>/<host>`.
     /// The first one started is the EPMD.
     fn sidecar(&self, host: &str, ca_dir: &Path, extra: &[&str]) -> Sidecar {
+        self.sidecar_from(host, "--tls-ca-dir", ca_dir, extra)
+    }
+
+    /// Pod `host`'s sidecar with its certificate source `flag dir`
+    /// (`--tls-ca-dir` or `--tls-cert-dir`).
+    fn sidecar_from(&self, host: &str, flag: &str, dir: &Path, extra: &[&str]) -> Sidecar {
         let out = self.path(host);
         let admin_port = free_port();
         let epmd_port = if Path::new(&self.path("epmd-taken")).exists() {
@@ -104,8 +110,8 @@ impl World {
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .arg("--output-dir")
             .arg(&out)
-            .arg("--tls-ca-dir")
-            .arg(ca_dir)
+            .arg(flag)
+            .arg(dir)
             .args(["--tls-hostname", host, "--tls-subdomain", "svc"])
             .args(["--namespace", "tls-test"])
             .args(extra)
@@ -440,6 +446,70 @@ fn nodes_cluster_over_tls_and_strangers_are_refused() {
         "lists:sort(rpc:call('a@tls-a.svc', erlang, nodes, []))",
     );
     assert_eq!(out, "['b@tls-b.svc','c2@tls-c.svc']", "a: {}", na.log());
+    assert!(na.running());
+}
+
+/// cert-manager's files (`--tls-cert-dir`: `tls.crt`, `tls.key`,
+/// `ca.crt` of a Certificate's Secret) instead of a CA: the sidecar copies
+/// them for the VM, nodes cluster with them, and a renewal (new files in
+/// the Secret) is copied within the 10 s poll.
+#[test]
+#[cfg_attr(skip_erl, ignore = "needs erl (KUBE_EPMD_TEST_SKIP=erl)")]
+fn certificates_from_cert_manager_files_cluster_and_renewals_are_copied() {
+    let w = World::new();
+    let ca = issue::Ca::from_pem(
+        &std::fs::read_to_string(w.ca_dir.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(w.ca_dir.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    // What cert-manager would put in each pod's Secret.
+    let secret = |host: &str| {
+        let d = w.path(&format!("{host}-certificate"));
+        std::fs::create_dir_all(&d).unwrap();
+        let names = [host.to_string(), format!("{host}.svc")];
+        let leaf = issue::issue(&ca, &names, SystemTime::now(), Duration::from_secs(3600)).unwrap();
+        std::fs::write(d.join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(d.join("tls.key"), &leaf.key_pem).unwrap();
+        std::fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        (d, leaf.info.serial)
+    };
+    let (a_dir, _) = secret("tls-a");
+    let (b_dir, b_serial) = secret("tls-b");
+    let a = w.sidecar_from("tls-a", "--tls-cert-dir", &a_dir, &[]);
+    let b = w.sidecar_from("tls-b", "--tls-cert-dir", &b_dir, &[]);
+    for s in [&a, &b] {
+        assert_eq!(s.get("/readyz").map(|r| r.0), Some(200), "{}", s.log());
+    }
+    assert_eq!(
+        b.cert().serial,
+        b_serial,
+        "the Secret's certificate, copied"
+    );
+    let mut na = w.node("a@tls-a.svc", Some(&a.optfile()), &[], "ok");
+    let out = w.eval(
+        "b@tls-b.svc",
+        Some(&b.optfile()),
+        "net_adm:ping('a@tls-a.svc')",
+    );
+    assert_eq!(out, "pong", "a: {}", na.log());
+    // cert-manager renews: new files in the Secret, copied by the sidecar.
+    let (_, renewed) = secret("tls-b");
+    assert_ne!(renewed, b_serial);
+    wait_until(Duration::from_secs(20), "the renewal to be copied", || {
+        b.cert().serial == renewed
+    });
+    assert_eq!(
+        b.metric("kube_epmd_tls_certificates_written_total"),
+        Some(2.0),
+        "{}",
+        b.log()
+    );
+    let out = w.eval(
+        "b2@tls-b.svc",
+        Some(&b.optfile()),
+        "net_adm:ping('a@tls-a.svc')",
+    );
+    assert_eq!(out, "pong", "a: {}", na.log());
     assert!(na.running());
 }
 

@@ -822,8 +822,21 @@ const ALL: [usize; 3] = [0, 1, 2];
 const PRUNED: &str = "leaves the cluster's schema";
 
 async fn lifecycle(flavour: Flavour) -> Result<(), String> {
+    lifecycle_dist(flavour, None).await
+}
+
+/// The lifecycle sequence; over mutual TLS when `ca` is the cluster CA's
+/// directory (see [`Chat::with_dist`]).
+async fn lifecycle_dist(flavour: Flavour, ca: Option<PathBuf>) -> Result<(), String> {
     let t_all = Instant::now();
-    let mut chat = Chat::new("lc", 3, &flavour).await?;
+    let tls = ca.is_some();
+    let mut chat = Chat::with_dist(if tls { "lt" } else { "lc" }, 3, &flavour, ca).await?;
+    if tls {
+        chat.name = match flavour {
+            Flavour::Host => "lifecycle tls",
+            Flavour::Root(_) => "lifecycle tls otp29",
+        };
+    }
     let mut users: Vec<String> = Vec::new();
 
     // (6) First start on empty volumes, all pods at once, highest first.
