@@ -34,6 +34,7 @@ use serde_json::Value;
 /// Every kustomization a user may apply.
 const KUSTOMIZATIONS: &[&str] = &[
     "deploy",
+    "deploy/base",
     "deploy/overlays/short-names",
     "deploy/overlays/tls-dist",
 ];
@@ -307,6 +308,41 @@ fn overlays_differ_only_in_the_node_name() {
     assert_eq!(node(&short).as_deref(), Some("ejabberd@$(POD_NAME)"));
 }
 
+/// What `kubectl apply -k deploy/` deploys is distribution over mutual
+/// TLS (the tls-dist overlay as it is), and so are the short names; plain
+/// TCP distribution is deploy/base.
+#[test]
+#[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
+fn the_default_is_distribution_over_tls() {
+    assert_eq!(
+        manifests::render("deploy"),
+        manifests::render("deploy/overlays/tls-dist")
+    );
+    let opts = |m: &Manifests| {
+        shell_var(
+            &m.config_file("ejabberd-config", "ejabberdctl.cfg")
+                .expect("ejabberdctl.cfg"),
+            "ERL_OPTIONS",
+        )
+        .unwrap_or_default()
+    };
+    for dir in ["deploy", "deploy/overlays/short-names"] {
+        let m = Manifests::load(dir);
+        let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
+        assert!(args.tls.tls_ca_dir.is_some(), "{dir}: no --tls-ca-dir");
+        assert!(opts(&m).contains("-proto_dist inet_tls"), "{dir}");
+    }
+    let base = Manifests::load("deploy/base");
+    assert!(
+        sidecar_args(base.sidecar())
+            .unwrap()
+            .tls
+            .tls_ca_dir
+            .is_none()
+    );
+    assert!(!opts(&base).contains("inet_tls"));
+}
+
 /// The tls-dist overlay: the sidecar issues from the CA Secret, which only
 /// the sidecar mounts; ejabberd (and every hidden node started from
 /// ejabberdctl.cfg's ERL_OPTIONS) runs inet_tls with the optfile the
@@ -315,7 +351,7 @@ fn overlays_differ_only_in_the_node_name() {
 #[test]
 #[cfg_attr(skip_kubectl, ignore = "needs kubectl >= 1.27 (KUBE_EPMD_TEST_SKIP)")]
 fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
-    let base = Manifests::load("deploy");
+    let base = Manifests::load("deploy/base");
     let m = Manifests::load("deploy/overlays/tls-dist");
     let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
     let ca_dir = args.tls.tls_ca_dir.clone().expect("--tls-ca-dir");

@@ -308,18 +308,28 @@ fn sidecar_is_started_like_the_ejabberd_one() {
     // Same image, same arguments apart from what names the workload (the
     // pod selector; the StatefulSet whose replica count the ejabberd entry
     // point reads): one kube-epmd for every Erlang workload.
+    // Plain against the plain base, TLS against the TLS default (the
+    // subdomain names each workload's headless Service).
     let rabbit = load();
-    let ejabberd = Manifests::load("deploy");
+    let ejabberd = Manifests::load("deploy/base");
     let args = |m: &Manifests| -> Vec<String> {
         m.sidecar()
             .args
             .iter()
             .flatten()
-            .filter(|a| !a.starts_with("--selector") && !a.starts_with("--statefulset"))
+            .filter(|a| {
+                !a.starts_with("--selector")
+                    && !a.starts_with("--statefulset")
+                    && !a.starts_with("--tls-subdomain")
+            })
             .cloned()
             .collect()
     };
     assert_eq!(args(&rabbit), args(&ejabberd));
+    assert_eq!(
+        args(&Manifests::load(TLS_KUSTOMIZATION)),
+        args(&Manifests::load("deploy"))
+    );
     assert_eq!(rabbit.sidecar().image, ejabberd.sidecar().image);
     assert_eq!(
         rabbit.sidecar().startup_probe,
