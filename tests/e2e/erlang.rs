@@ -75,6 +75,20 @@ impl ErlNode {
         ebin: &Path,
         dist: (u16, u16),
     ) -> Result<ErlNode, String> {
+        Self::start_args(ns, name, naming, inetrc, ebin, dist, &[]).await
+    }
+
+    /// As [`ErlNode::start_with`], with `extra` VM arguments (e.g.
+    /// `-proto_dist inet_tls -ssl_dist_optfile F`).
+    pub async fn start_args(
+        ns: &Netns,
+        name: &str,
+        naming: Naming,
+        inetrc: &Path,
+        ebin: &Path,
+        dist: (u16, u16),
+        extra: &[String],
+    ) -> Result<ErlNode, String> {
         let (min, max) = (dist.0.to_string(), dist.1.to_string());
         let flag = match naming {
             Naming::Long => "-name",
@@ -97,6 +111,7 @@ impl ErlNode {
             "-pa",
         ])
         .arg(ebin)
+        .args(extra)
         .args(["-s", "e2e_ctl", "main"])
         .env("ERL_INETRC", inetrc)
         // Crash dumps would land in the current directory.

@@ -25,6 +25,7 @@ mod netns;
 mod probe;
 mod rabbitmq;
 mod scenarios;
+mod tls_rotation;
 
 use std::io::Write;
 

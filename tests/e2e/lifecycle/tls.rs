@@ -26,6 +26,11 @@ use super::*;
 
 /// A CA valid for a day (from an hour ago): certificate and PKCS#8 key, PEM.
 fn make_ca(cn: &str) -> Result<(String, String), String> {
+    make_ca_valid(cn, -3600, 86_400)
+}
+
+/// A CA valid from `from` to `to` seconds relative to now.
+pub(crate) fn make_ca_valid(cn: &str, from: i64, to: i64) -> Result<(String, String), String> {
     let now = issue::unix(SystemTime::now());
     let key = KeyPair::generate().map_err(|e| format!("CA key: {e}"))?;
     let mut p = CertificateParams::default();
@@ -34,8 +39,8 @@ fn make_ca(cn: &str) -> Result<(String, String), String> {
     p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let at = |s: i64| time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| format!("{e}"));
-    p.not_before = at(now - 3600)?;
-    p.not_after = at(now + 86_400)?;
+    p.not_before = at(now + from)?;
+    p.not_after = at(now + to)?;
     let cert = p.self_signed(&key).map_err(|e| format!("CA: {e}"))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -80,13 +85,29 @@ fn foreign_optfile(dir: &Path, k: usize) -> Result<PathBuf, String> {
     Ok(opt)
 }
 
+/// An optfile that trusts the cluster's CA (pod `k`'s copy) but has no
+/// certificate of its own: TLS, the right cookie, nothing to show.
+fn no_certificate_optfile(dir: &Path, ca_pem: &Path) -> Result<PathBuf, String> {
+    let opt = dir.join("no-certificate.conf");
+    let ca = ca_pem.display();
+    write(
+        &opt,
+        &format!(
+            "[{{server, [{{cacertfile, \"{ca}\"}}, {{verify, verify_peer}}]}},\n \
+             {{client, [{{cacertfile, \"{ca}\"}}, {{verify, verify_peer}}]}}].\n"
+        ),
+    )?;
+    Ok(opt)
+}
+
 /// Which distribution a visitor node in a pod runs.
 enum Visitor {
     /// The pod's own optfile (the control: it must reach every node).
     PodCertificate,
     /// Plain TCP distribution, no certificate at all.
     PlainTcp,
-    /// TLS with a certificate of another CA for the pod's own names.
+    /// TLS with this optfile: a certificate of another CA for the pod's
+    /// own names, or none at all.
     ForeignCa(PathBuf),
 }
 
@@ -233,13 +254,19 @@ async fn tls_cluster(flavour: Flavour, tcpdump: PathBuf) -> Result<(), String> {
     // certificate gets in.
     let foreign = foreign_optfile(chat.c.dir.path(), 0)?;
     let foreign = Visitor::ForeignCa(foreign);
+    let ca_pem = chat.c.pods[0].out_dir.join("dist-ca.pem");
+    let nocert = Visitor::ForeignCa(no_certificate_optfile(chat.c.dir.path(), &ca_pem)?);
     let t = Instant::now();
-    let (own, plain, other) = tokio::join!(
+    let (own, plain, other, none) = tokio::join!(
         chat.visit(0, "visitorown", &Visitor::PodCertificate),
         chat.visit(0, "visitorplain", &Visitor::PlainTcp),
         chat.visit(0, "visitorforeign", &foreign),
+        chat.visit(0, "visitornocert", &nocert),
     );
-    let (own, plain, other) = (own?, plain?, other?);
+    let (own, plain, other, none) = (own?, plain?, other?, none?);
+    check(none.iter().all(|r| r == "pang") && none.len() == 3, || {
+        format!("TLS without a certificate reached a node: {none:?}")
+    })?;
     check(own.iter().all(|r| r == "pong") && own.len() == 3, || {
         format!("with chat-0's own certificate: {own:?}, want pong from all 3")
     })?;
@@ -255,7 +282,11 @@ async fn tls_cluster(flavour: Flavour, tcpdump: PathBuf) -> Result<(), String> {
     // the plain handshake as a record it cannot read, and the visitor's
     // alert on chat-0's certificate (not of the visitor's CA).
     let log = chat.pods[0].logs.join("ejabberd.log");
-    let alerts = ["Unexpected Message", "Unknown CA"];
+    let alerts = [
+        "Unexpected Message",
+        "Unknown CA",
+        "no_client_certificate_provided",
+    ];
     chat.c
         .wait(
             "chat-0's ejabberd.log shows both refusals",
@@ -269,7 +300,8 @@ async fn tls_cluster(flavour: Flavour, tcpdump: PathBuf) -> Result<(), String> {
     say!(
         chat,
         "visitors in chat-0 with the cookie: own certificate {own:?}, plain inet_tcp \
-         {plain:?}, another CA's certificate for chat-0's names {other:?} ({:?}; chat-0's ejabberd.log: TLS alerts {alerts:?})",
+         {plain:?}, another CA's certificate for chat-0's names {other:?}, TLS without a \
+         certificate {none:?} ({:?}; chat-0's ejabberd.log: TLS alerts {alerts:?})",
         t.elapsed()
     );
 
