@@ -63,23 +63,12 @@ impl ErlNode {
         inetrc: &Path,
         ebin: &Path,
     ) -> Result<ErlNode, String> {
-        Self::start_with(ns, name, naming, inetrc, ebin, (4200, 4210)).await
+        Self::start_args(ns, name, naming, inetrc, ebin, (4200, 4210), &[]).await
     }
 
-    /// As [`ErlNode::start`], listening for distribution in `dist` (min, max).
-    pub async fn start_with(
-        ns: &Netns,
-        name: &str,
-        naming: Naming,
-        inetrc: &Path,
-        ebin: &Path,
-        dist: (u16, u16),
-    ) -> Result<ErlNode, String> {
-        Self::start_args(ns, name, naming, inetrc, ebin, dist, &[]).await
-    }
-
-    /// As [`ErlNode::start_with`], with `extra` VM arguments (e.g.
-    /// `-proto_dist inet_tls -ssl_dist_optfile F`).
+    /// As [`ErlNode::start`], listening for distribution in `dist` (min,
+    /// max), with `extra` VM arguments (e.g. `-proto_dist inet_tls
+    /// -ssl_dist_optfile F`).
     pub async fn start_args(
         ns: &Netns,
         name: &str,

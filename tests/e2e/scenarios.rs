@@ -46,13 +46,14 @@ async fn full_mesh(naming: Naming, tag: &str) -> Result<(), String> {
         .split_once('@')
         .map(|(_, h)| h.to_string())
         .unwrap();
-    let stray = ErlNode::start_with(
+    let stray = ErlNode::start_args(
         &p.ns,
         &format!("stray@{host}"),
         naming,
         &p.inetrc(),
         &mesh.ebin,
         (4300, 4300),
+        &[],
     )
     .await;
     let why = match stray {
