@@ -176,6 +176,12 @@ async fn scenario() -> Result<(), String> {
 
     // Rotation: pod 0 renews; new connections see it, the VM stays.
     let first = written_serial(&c, 0)?;
+    let first_end = {
+        let pem = std::fs::read(c.pods[0].out_dir.join("dist.pem")).map_err(|e| format!("{e}"))?;
+        inspect::first_cert(&pem)
+            .map_err(|e| format!("{e}"))?
+            .not_after
+    };
     let shown = presented_serial(&c, &mut nodes[1], 1, 0).await?;
     check(shown == first, || {
         format!("pod 0 presents {shown}, its sidecar wrote {first}")
@@ -201,6 +207,16 @@ async fn scenario() -> Result<(), String> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     let presented_after = t.elapsed();
+    check(
+        kube_epmd::tls::issue::unix(std::time::SystemTime::now()) < first_end,
+        || "the new certificate showed only after the old one expired".into(),
+    )?;
+    // The connection that was up stays up: pod 1's node saw no nodedown
+    // of pod 0's.
+    let events = nodes[1].events().await?;
+    check(!events.contains(&format!("{{down,'{}'}}", node(0))), || {
+        format!("pod 1's node saw its connection to pod 0 drop during the rotation: {events}")
+    })?;
     let pid0_now = nodes[0]
         .eval("list_to_integer(os:getpid())", Duration::from_secs(5))
         .await?;
