@@ -15,6 +15,23 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// An output directory or file that could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create the output directory {0}: {1}")]
+    OutputDir(PathBuf, #[source] io::Error),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, #[source] io::Error),
+}
+
+/// Create the output directory `dir` and return it absolute but not
+/// canonical: the path other containers see through the shared volume is
+/// the one given, not where its symlinks lead.
+pub fn output_dir(dir: &Path) -> Result<PathBuf, SetupError> {
+    fs::create_dir_all(dir).map_err(|e| SetupError::OutputDir(dir.to_path_buf(), e))?;
+    std::path::absolute(dir).map_err(|e| SetupError::OutputDir(dir.to_path_buf(), e))
+}
+
 /// Write `content` to `path` atomically: a temp file in the same directory,
 /// then renamed over `path`. `mtime`, when given, is set on the temp file
 /// first. No fsync: readers see the rename atomically either way, and the

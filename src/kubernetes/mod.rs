@@ -32,10 +32,8 @@ pub const SA_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccou
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot create the output directory {0}: {1}")]
-    OutputDir(PathBuf, #[source] std::io::Error),
-    #[error("cannot write {0}: {1}")]
-    Write(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Files(#[from] disk::SetupError),
     #[error(
         "--statefulset {0:?} is not a valid StatefulSet name (lower-case letters, digits, '-', '.')"
     )]
@@ -119,26 +117,21 @@ pub fn start(client: Client, mut settings: Settings) -> Result<DiscoveryView, Se
     {
         return Err(SetupError::StatefulSetName(name.clone()));
     }
-    let dir = settings.output_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
-    // Absolute but not canonical: the path other containers see through
-    // the shared volume is the one given, not where its symlinks lead.
-    settings.output_dir =
-        std::path::absolute(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+    settings.output_dir = disk::output_dir(&settings.output_dir)?;
     let hosts_path = settings.hosts_path();
     let mut hosts = HostsFile::open(hosts_path.clone());
     if !hosts.exists() {
         let empty = render::render_hosts(&PeerTable::default(), &settings.cluster_domain);
         hosts
             .update(empty)
-            .map_err(|e| SetupError::Write(hosts_path.clone(), e))?;
+            .map_err(|e| disk::SetupError::Write(hosts_path.clone(), e))?;
     }
     let replicas_path = settings.replicas_path();
     let replicas_file = ReplicasFile::open(replicas_path.clone())
-        .map_err(|e| SetupError::Write(replicas_path, e))?;
+        .map_err(|e| disk::SetupError::Write(replicas_path, e))?;
     let inetrc = settings.inetrc_path();
     disk::replace_file(&inetrc, render::render_inetrc(&hosts_path).as_bytes(), None)
-        .map_err(|e| SetupError::Write(inetrc.clone(), e))?;
+        .map_err(|e| disk::SetupError::Write(inetrc.clone(), e))?;
     info!(
         inetrc = %inetrc.display(),
         hosts = %hosts_path.display(),

@@ -90,14 +90,6 @@ pub fn pod_names(
     .names(cluster_domain)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("cannot create the output directory {0}: {1}")]
-    OutputDir(PathBuf, #[source] std::io::Error),
-    #[error("cannot write {0}: {1}")]
-    Write(PathBuf, #[source] std::io::Error),
-}
-
 /// What the admin endpoint reads.
 #[derive(Debug, Clone)]
 pub struct TlsView {
@@ -115,15 +107,12 @@ impl TlsView {
 /// Write the optfile, make the first attempt at a certificate now (a
 /// failure is reported, not fatal: the task retries, `/readyz` says why),
 /// and spawn the rotation task on the current runtime.
-pub fn start(mut settings: Settings) -> Result<TlsView, SetupError> {
-    let dir = settings.output_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
-    settings.output_dir =
-        std::path::absolute(&dir).map_err(|e| SetupError::OutputDir(dir.clone(), e))?;
+pub fn start(mut settings: Settings) -> Result<TlsView, disk::SetupError> {
+    settings.output_dir = disk::output_dir(&settings.output_dir)?;
     let optfile = settings.optfile_path();
     let text = optfile::render(&settings.cert_path(), &settings.ca_path());
     disk::replace_file(&optfile, text.as_bytes(), None)
-        .map_err(|e| SetupError::Write(optfile.clone(), e))?;
+        .map_err(|e| disk::SetupError::Write(optfile.clone(), e))?;
     let margin = settings.validity.mul_f64(1.0 - settings.renew_fraction);
     if margin < OTP_PEM_CACHE_INTERVAL + rotate::RETRY {
         warn!(
