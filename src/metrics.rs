@@ -146,7 +146,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of the server metrics alone.
     pub fn render(&self) -> String {
-        render_all(self, None)
+        render_all(self, None, None)
     }
 }
 
@@ -360,13 +360,8 @@ impl TlsMetrics {
 }
 
 /// The Prometheus text exposition of the server metrics and, when given,
-/// the discovery metrics.
-pub fn render_all(server: &Metrics, discovery: Option<&DiscoveryMetrics>) -> String {
-    render_with(server, discovery, None)
-}
-
-/// As [`render_all`], with the TLS metrics when given.
-pub fn render_with(
+/// the discovery and TLS metrics.
+pub fn render_all(
     server: &Metrics,
     discovery: Option<&DiscoveryMetrics>,
     tls: Option<&TlsMetrics>,

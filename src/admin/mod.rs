@@ -18,7 +18,7 @@ use tokio::sync::watch;
 mod cluster;
 
 use crate::kubernetes::{DiscoveryView, Health};
-use crate::metrics::{Metrics, render_with};
+use crate::metrics::{Metrics, render_all};
 use crate::tls::TlsView;
 
 pub struct AdminState {
@@ -193,7 +193,7 @@ fn discovery_readyz(s: &AdminState) -> (StatusCode, String) {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let body = render_with(
+    let body = render_all(
         &s.metrics,
         s.discovery.as_ref().map(|d| &*d.metrics),
         s.tls.as_ref().map(|t| &*t.metrics),

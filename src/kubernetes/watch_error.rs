@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn every_reason_is_exposed_from_the_start() {
         let m = crate::metrics::DiscoveryMetrics::new(true, &REASONS);
-        let text = crate::metrics::render_all(&crate::metrics::Metrics::default(), Some(&m));
+        let text = crate::metrics::render_all(&crate::metrics::Metrics::default(), Some(&m), None);
         for family in ["watch_errors", "statefulset_watch_errors"] {
             for reason in REASONS {
                 let line = format!("kube_epmd_{family}_total{{reason=\"{reason}\"}} 0\n");
