@@ -32,49 +32,56 @@ pub struct CertInfo {
 
 /// The first certificate in a PEM bundle (a chain starts with its leaf).
 pub fn first_cert(pem: &[u8]) -> Result<CertInfo, InspectError> {
-    all_certs(pem)?
-        .into_iter()
-        .next()
-        .map(|(_, info)| info)
-        .ok_or(InspectError::NoCertificate)
+    match certs(pem).next() {
+        Some(c) => c.map(|(_, info)| info),
+        None => Err(InspectError::NoCertificate),
+    }
 }
 
 /// Every certificate in a PEM bundle, in order: its DER and what it says.
 /// Empty when there is none; an entry that does not parse is an error.
 pub fn all_certs(pem: &[u8]) -> Result<Vec<(Vec<u8>, CertInfo)>, InspectError> {
-    let mut out = Vec::new();
-    for block in Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| InspectError::Parse(e.to_string()))?;
-        if block.label != "CERTIFICATE" {
-            continue;
-        }
-        let x = block
-            .parse_x509()
-            .map_err(|e| InspectError::Parse(e.to_string()))?;
-        let dns_names = match x.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|g| match g {
-                    GeneralName::DNSName(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .collect(),
-            Ok(None) => Vec::new(),
-            Err(e) => return Err(InspectError::Parse(e.to_string())),
+    certs(pem).collect()
+}
+
+/// The certificates of a PEM bundle, parsed one at a time (other blocks,
+/// such as a key, skipped).
+fn certs(pem: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, CertInfo), InspectError>> + '_ {
+    Pem::iter_from_buffer(pem).filter_map(|block| {
+        let block = match block {
+            Ok(b) if b.label != "CERTIFICATE" => return None,
+            Ok(b) => b,
+            Err(e) => return Some(Err(InspectError::Parse(e.to_string()))),
         };
-        let info = CertInfo {
-            not_before: x.validity().not_before.timestamp(),
-            not_after: x.validity().not_after.timestamp(),
-            serial: x.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
-            is_ca: x.is_ca(),
-            dns_names,
-            public_key: x.public_key().subject_public_key.data.to_vec(),
-        };
-        out.push((block.contents.clone(), info));
-    }
-    Ok(out)
+        Some(cert_info(&block).map(|info| (block.contents, info)))
+    })
+}
+
+fn cert_info(block: &Pem) -> Result<CertInfo, InspectError> {
+    let x = block
+        .parse_x509()
+        .map_err(|e| InspectError::Parse(e.to_string()))?;
+    let dns_names = match x.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DNSName(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(InspectError::Parse(e.to_string())),
+    };
+    Ok(CertInfo {
+        not_before: x.validity().not_before.timestamp(),
+        not_after: x.validity().not_after.timestamp(),
+        serial: x.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+        is_ca: x.is_ca(),
+        dns_names,
+        public_key: x.public_key().subject_public_key.data.to_vec(),
+    })
 }
 
 #[cfg(test)]
