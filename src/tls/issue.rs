@@ -204,6 +204,20 @@ fn datetime(secs: i64) -> Result<OffsetDateTime, IssueError> {
 pub(crate) mod tests {
     use super::*;
 
+    /// Whether the first certificate of `cert_pem` names the first of
+    /// `ca_pem` as its issuer and carries its signature.
+    pub(crate) fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+        let first = |pem: &str| {
+            x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let (cert, ca) = (first(cert_pem), first(ca_pem));
+        let (x, ca_x) = (cert.parse_x509().unwrap(), ca.parse_x509().unwrap());
+        x.issuer() == ca_x.subject() && x.verify_signature(Some(ca_x.public_key())).is_ok()
+    }
+
     /// A self-signed CA valid from `from` to `to` (unix seconds).
     pub(crate) fn test_ca(from: i64, to: i64) -> (String, String) {
         let key = KeyPair::generate().unwrap();
@@ -293,19 +307,7 @@ pub(crate) mod tests {
             let want = inspect::first_cert(signer.as_bytes()).unwrap();
             assert_eq!(ca.info, want, "the key's certificate signs");
             let leaf = issue(&ca, &names(), now, Duration::from_secs(3600)).unwrap();
-            // Signed by that CA: parse the leaf and check its issuer's key.
-            let pem = x509_parser::pem::Pem::iter_from_buffer(leaf.cert_pem.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap();
-            let x = pem.parse_x509().unwrap();
-            let signer_pem = x509_parser::pem::Pem::iter_from_buffer(signer.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap();
-            let signer_x = signer_pem.parse_x509().unwrap();
-            assert_eq!(x.issuer(), signer_x.subject());
-            x.verify_signature(Some(signer_x.public_key())).unwrap();
+            assert!(signed_by(&leaf.cert_pem, signer), "signed by the key's CA");
         }
         let (_, stranger_key) = test_ca(1_900_000_000, 2_100_000_000);
         let e = Ca::from_pem(&bundle, &stranger_key).unwrap_err();

@@ -259,7 +259,7 @@ pub async fn run(mut rotator: Rotator, first: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::issue::tests::test_ca;
+    use crate::tls::issue::tests::{signed_by, test_ca};
     use std::time::UNIX_EPOCH;
 
     #[test]
@@ -353,21 +353,9 @@ mod tests {
         let trusted = || std::fs::read_to_string(out.path().join("dist-ca.pem")).unwrap();
         let issuer_key = || {
             let pem = std::fs::read_to_string(out.path().join("dist.pem")).unwrap();
-            let block = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap();
-            let leaf = block.parse_x509().unwrap();
             [(&old, 'o'), (&new, 'n')]
                 .into_iter()
-                .find(|(ca, _)| {
-                    let b = x509_parser::pem::Pem::iter_from_buffer(ca.as_bytes())
-                        .next()
-                        .unwrap()
-                        .unwrap();
-                    leaf.verify_signature(Some(b.parse_x509().unwrap().public_key()))
-                        .is_ok()
-                })
+                .find(|(ca, _)| signed_by(&pem, ca))
                 .map(|(_, c)| c)
         };
         put(&old, &old_key);
