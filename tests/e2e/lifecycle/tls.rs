@@ -342,26 +342,21 @@ async fn tls_otp29_ejabberd_cluster() {
     .await;
 }
 
-/// The whole lifecycle sequence of [`super::lifecycle_ejabberd_events`]
-/// over mutual TLS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(skip_netns, ignore = "needs root and ip netns (KUBE_EPMD_TEST_SKIP)")]
-#[cfg_attr(
-    skip_ejabberd,
-    ignore = "needs Debian's ejabberd (KUBE_EPMD_TEST_SKIP)"
-)]
-#[cfg_attr(skip_busybox, ignore = "needs busybox (KUBE_EPMD_TEST_SKIP)")]
-async fn tls_lifecycle_ejabberd_events() {
-    crate::support::prereq::ejabberd();
-    crate::support::prereq::busybox();
+/// The lifecycle sequence over mutual TLS, with a CA of its own.
+async fn tls_lifecycle(flavour: Flavour) -> Result<(), String> {
     let scratch = tempfile::Builder::new()
         .prefix("kee2e-tls-lc-ca-")
         .tempdir()
-        .expect("tempdir");
-    let ca = cluster_ca(scratch.path()).expect("cluster CA");
-    run(
-        "tls lifecycle ejabberd events",
-        super::lifecycle_dist(Flavour::Host, Some(ca)),
-    )
-    .await;
+        .map_err(|e| format!("tempdir: {e}"))?;
+    let ca = cluster_ca(scratch.path())?;
+    lifecycle_dist(flavour, Some(ca)).await
 }
+
+lifecycle_test!(
+    /// The whole lifecycle sequence of [`super::lifecycle_ejabberd_events`]
+    /// over mutual TLS.
+    tls_lifecycle_ejabberd_events,
+    "tls lifecycle ejabberd events",
+    host,
+    tls_lifecycle
+);
