@@ -618,12 +618,18 @@ async fn form(c: &Cluster, brokers: &mut [Broker], tag: &str) -> Result<(), Stri
     Ok(())
 }
 
-async fn scenario() -> Result<(), String> {
-    if !Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
-        return Err(format!(
-            "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
-        ));
+/// The real scripts the brokers run (not /usr/sbin's wrappers).
+fn rabbit_installed() -> Result<(), String> {
+    if Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
+        return Ok(());
     }
+    Err(format!(
+        "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
+    ))
+}
+
+async fn scenario() -> Result<(), String> {
+    rabbit_installed()?;
     let t_all = Instant::now();
     let mut c = Cluster::new("rmq", PODS).await?;
     for k in 0..PODS {
@@ -802,11 +808,7 @@ async fn scenario() -> Result<(), String> {
 /// and a CLI without the certificate (plain `inet_tcp`, the cookie right)
 /// reaches none.
 async fn tls_scenario() -> Result<(), String> {
-    if !Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
-        return Err(format!(
-            "{RABBIT_BIN}/rabbitmq-server missing: install Debian's rabbitmq-server package"
-        ));
-    }
+    rabbit_installed()?;
     let t_all = Instant::now();
     let sts = rendered_statefulset(TLS_EXAMPLE).await?;
     // The overlay's sidecar arguments, applied to this harness's sidecar.
