@@ -27,7 +27,8 @@ use manifests::{
     check_ca_in_sidecar_only, check_env_expansion, check_hardening, check_headless_service,
     check_no_literal_cookie, check_ports, check_rbac_wiring, check_role, check_selectors,
     check_sidecar_common, container_mut, env, field_ref, parse_documents, prereq, rendered_objects,
-    repo_path, run_checks, sidecar_args, sidecar_mut, unknown_fields, valid_port_name,
+    repo_path, run_checks, sidecar_args, sidecar_mut, sidecar_tls_settings, unknown_fields,
+    valid_port_name,
 };
 use serde_json::Value;
 
@@ -355,16 +356,7 @@ fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
     let m = Manifests::load("deploy/overlays/tls-dist");
     let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
     let ca_dir = args.tls.tls_ca_dir.clone().expect("--tls-ca-dir");
-    let settings = args
-        .tls
-        .settings(
-            Some("chat-0"),
-            Some("xmpp"),
-            &args.kube.cluster_domain,
-            &args.kube.output_dir,
-        )
-        .expect("TLS settings")
-        .expect("TLS on");
+    let settings = sidecar_tls_settings(&args, "chat-0", "xmpp");
     assert_eq!(
         settings.names,
         [

@@ -26,7 +26,7 @@ use manifests::{
     check_ca_in_sidecar_only, check_env_expansion, check_hardening, check_headless_service,
     check_no_literal_cookie, check_ports, check_rbac_wiring, check_role, check_selectors,
     check_sidecar_common, container_mut, env, field_ref, object_id, pod_mut, run_checks,
-    sidecar_args, sidecar_mut,
+    sidecar_args, sidecar_mut, sidecar_tls_settings,
 };
 
 const KUSTOMIZATION: &str = "deploy/examples/rabbitmq";
@@ -353,16 +353,7 @@ fn tls_overlay_mounts_the_ca_in_the_sidecar_only_and_runs_inet_tls() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let args = sidecar_args(m.sidecar()).expect("sidecar arguments parse");
     let ca_dir = args.tls.tls_ca_dir.clone().expect("--tls-ca-dir");
-    let settings = args
-        .tls
-        .settings(
-            Some("rmq-0"),
-            Some("rabbitmq"),
-            &args.kube.cluster_domain,
-            &args.kube.output_dir,
-        )
-        .expect("TLS settings")
-        .expect("TLS on");
+    let settings = sidecar_tls_settings(&args, "rmq-0", "rabbitmq");
     assert!(
         settings
             .names

@@ -1126,3 +1126,17 @@ pub fn check_ca_in_sidecar_only(m: &Manifests, secret: &str, ca_dir: &Path) -> R
     }
     Ok(())
 }
+
+/// The TLS settings the sidecar's arguments give pod `pod` of namespace
+/// `namespace` (the names its certificate carries): TLS must be on.
+pub fn sidecar_tls_settings(args: &Args, pod: &str, namespace: &str) -> kube_epmd::tls::Settings {
+    args.tls
+        .settings(
+            Some(pod),
+            Some(namespace),
+            &args.kube.cluster_domain,
+            &args.kube.output_dir,
+        )
+        .expect("TLS settings")
+        .expect("TLS on")
+}
