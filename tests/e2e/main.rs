@@ -43,6 +43,11 @@ pub fn report_line(s: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// A scenario's assertion: `Err(what())` unless `cond` holds.
+pub fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
 /// Run one scenario: fails at once when the machine lacks root or
 /// network namespaces (never a silent pass), PASS/FAIL otherwise.
 pub async fn run<F>(name: &str, f: F)

@@ -7,13 +7,9 @@ use crate::cluster::{K8S_NS, SUBDOMAIN, pod_ip, pod_name};
 use crate::erlang::{ErlNode, Naming};
 use crate::mesh::{Mesh, erl_ip};
 use crate::netns::SUBNET;
-use crate::{report, run};
+use crate::{check, report, run};
 
 const MESH_LIMIT: Duration = Duration::from_secs(60);
-
-fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(what()) }
-}
 
 async fn full_mesh(naming: Naming, tag: &str) -> Result<(), String> {
     let mut mesh = Mesh::boot(tag, 3, naming, |_| true).await?;

@@ -19,15 +19,11 @@ use kube_epmd::tls::{OPTFILE, inspect};
 use crate::cluster::{Cluster, SUBDOMAIN, pod_ip, pod_name, set_mode};
 use crate::erlang::{ErlNode, Naming, compile_ctl};
 use crate::lifecycle::tls::{cluster_ca, make_ca_valid};
-use crate::{report, run};
+use crate::{check, report, run};
 
 /// Bound on the renewed certificate reaching new connections: OTP's
 /// 120 s PEM cache period, a renewal period (30 s), and slack.
 const PRESENT_LIMIT: Duration = Duration::from_secs(200);
-
-fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(what()) }
-}
 
 fn node(k: usize) -> String {
     format!("n{k}@{}.{SUBDOMAIN}", pod_name(k))
