@@ -55,15 +55,25 @@ struct World {
     epmd_port: u16,
 }
 
+/// Directory `dir` (created) holding `files`, as a Secret mounted there
+/// would: each (name, contents).
+fn secret_dir(dir: PathBuf, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+    dir
+}
+
 impl World {
     fn new() -> World {
         prereq::erl_ssl();
         let dir = tempfile::tempdir().unwrap();
-        let ca_dir = dir.path().join("ca");
-        std::fs::create_dir(&ca_dir).unwrap();
         let (cert, key) = make_ca("kube-epmd tls test CA", -3600, 86_400);
-        std::fs::write(ca_dir.join("ca.crt"), cert).unwrap();
-        std::fs::write(ca_dir.join("ca.key"), key).unwrap();
+        let ca_dir = secret_dir(
+            dir.path().join("ca"),
+            &[("ca.crt", &cert), ("ca.key", &key)],
+        );
         let hosts = dir.path().join("hosts");
         std::fs::write(&hosts, HOSTS).unwrap();
         let inetrc = dir.path().join("inetrc");
@@ -415,13 +425,16 @@ fn certificates_from_cert_manager_files_cluster_and_renewals_are_copied() {
     .unwrap();
     // What cert-manager would put in each pod's Secret.
     let secret = |host: &str| {
-        let d = w.path(&format!("{host}-certificate"));
-        std::fs::create_dir_all(&d).unwrap();
         let names = [host.to_string(), format!("{host}.svc")];
         let leaf = issue::issue(&ca, &names, SystemTime::now(), Duration::from_secs(3600)).unwrap();
-        std::fs::write(d.join("tls.crt"), &leaf.cert_pem).unwrap();
-        std::fs::write(d.join("tls.key"), &leaf.key_pem).unwrap();
-        std::fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        let d = secret_dir(
+            w.path(&format!("{host}-certificate")),
+            &[
+                ("tls.crt", &leaf.cert_pem),
+                ("tls.key", &leaf.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+        );
         (d, leaf.info.serial)
     };
     let (a_dir, _) = secret("tls-a");
@@ -477,11 +490,7 @@ fn a_ca_rotation_through_a_bundle_connects_each_step_to_the_next() {
     let old_key = std::fs::read_to_string(w.ca_dir.join("ca.key")).unwrap();
     let (new, new_key) = make_ca("the new cluster CA", -3600, 86_400);
     let secret = |name: &str, cert: String, key: &str| {
-        let d = w.path(name);
-        std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("ca.crt"), cert).unwrap();
-        std::fs::write(d.join("ca.key"), key).unwrap();
-        d
+        secret_dir(w.path(name), &[("ca.crt", &cert), ("ca.key", key)])
     };
     // Before: the old CA. Step 1: both trusted, the old key signs. Step 2:
     // both, the new key signs (the old CA listed first: the key picks the
@@ -545,11 +554,8 @@ fn a_ca_rotation_through_a_bundle_connects_each_step_to_the_next() {
 fn an_expired_ca_or_certificate_is_a_clear_error_and_a_metric() {
     let w = World::new();
     // The CA has expired: no certificate, a metric, /readyz says why.
-    let old = w.path("old-ca");
-    std::fs::create_dir(&old).unwrap();
     let (cert, key) = make_ca("an expired CA", -7200, -3600);
-    std::fs::write(old.join("ca.crt"), cert).unwrap();
-    std::fs::write(old.join("ca.key"), key).unwrap();
+    let old = secret_dir(w.path("old-ca"), &[("ca.crt", &cert), ("ca.key", &key)]);
     let expired = w.sidecar("tls-a", &old, &[]);
     wait_until(Duration::from_secs(10), "the ca_expired metric", || {
         expired.metric("kube_epmd_tls_errors_total{reason=\"ca_expired\"}") >= Some(1.0)
