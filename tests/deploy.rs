@@ -71,13 +71,23 @@ fn check_lifecycle(m: &Manifests) -> Result<(), String> {
             "updateStrategy {strategy:?}: want RollingUpdate one pod at a time"
         ));
     }
-    if spec
-        .persistent_volume_claim_retention_policy
-        .as_ref()
-        .and_then(|p| p.when_scaled.as_deref())
-        != Some("Delete")
-    {
-        return Err("whenScaled must be Delete: a scaled-away node comes back empty".into());
+    // Claims outlive their pods: `whenScaled: Delete` removed every volume
+    // on a scale to 0 (issue 21); a scaled-away node's retained database
+    // is set aside by the entrypoint when it comes back.
+    let policy = spec.persistent_volume_claim_retention_policy.as_ref();
+    for (what, got) in [
+        ("whenScaled", policy.and_then(|p| p.when_scaled.as_deref())),
+        (
+            "whenDeleted",
+            policy.and_then(|p| p.when_deleted.as_deref()),
+        ),
+    ] {
+        // Unset means Retain (the API's default).
+        if got.is_some_and(|g| g != "Retain") {
+            return Err(format!(
+                "{what} is {got:?}: every claim must be retained (scale to 0 and back keeps the data)"
+            ));
+        }
     }
     let args = sidecar_args(m.sidecar())?;
     let name = m.statefulset.metadata.name.as_deref().unwrap_or("");

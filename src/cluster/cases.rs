@@ -537,6 +537,79 @@ fn scale_down_prunes() {
 }
 
 #[test]
+fn scale_to_zero_and_back() {
+    use Phase::*;
+    // Scaled to 0: chat-2's pod is already gone while chat-0 still runs
+    // (all stop in parallel). Nobody leaves the schema: all come back with
+    // their volumes.
+    case(
+        0,
+        Running,
+        true,
+        vec![seen(0, Started, ALL, &[0, 1], 90, &[])],
+    )
+    .replicas(Some(0))
+    .gives(Action::Idle, "replicas 0 is a pause, not a shrink");
+    // Back at 3 with every volume: the usual "all pods deleted" boot.
+    case(2, Boot, true, vec![down(2), down(0), down(1)]).gives(
+        Action::Start,
+        "a retained volume after scale to 0 boots as after all pods deleted",
+    );
+}
+
+#[test]
+fn retained_volume_of_a_pruned_node() {
+    use Phase::*;
+    // Scaled 3 -> 2 -> 3 with whenScaled: Retain: chat-0 pruned chat-2
+    // while replicas was 2; chat-2 is back with its old marker and schema.
+    // chat-0 runs the cluster without it: set the old database aside.
+    let member = |k, db: &[u32]| NodeFact {
+        clustered: true,
+        ..seen(k, Started, db, &[0, 1], 300, &[])
+    };
+    case(
+        2,
+        Boot,
+        true,
+        vec![down(2), member(0, &[0, 1]), member(1, &[0, 1])],
+    )
+    .gives(Action::SetAside, "the cluster dropped chat-2");
+    // Scaled 3 -> 1 -> 3: chat-0 alone in its schema, marker: it is the
+    // cluster all the same.
+    case(1, Boot, true, vec![down(1), member(0, &[0])]).gives(
+        Action::SetAside,
+        "a one-node cluster that pruned chat-1 is the cluster",
+    );
+    // Quick 3 -> 2 -> 3 before the prune: chat-0 still lists chat-2, so
+    // chat-2 starts as after a restart and copies from the members.
+    case(2, Boot, true, vec![down(2), member(0, ALL), member(1, ALL)])
+        .gives(Action::Start, "still in the schema: an ordinary restart");
+    // A peer started empty and not yet in a cluster (no marker, a schema
+    // of itself) is no cluster: it does not decide for us.
+    case(
+        2,
+        Boot,
+        true,
+        vec![down(2), seen(0, Started, &[0], &[0], 5, &[]), down(1)],
+    )
+    .gives(Action::Start, "an empty joiner is not the cluster");
+    // Only a started member decides: while the members only wait for
+    // their tables, nobody can tell which schema is current; chat-2 (no
+    // member lists it) holds back until one has them.
+    case(
+        2,
+        Boot,
+        true,
+        vec![
+            down(2),
+            seen(0, Waiting, &[0, 1], &[0, 1], 30, &[]),
+            seen(1, Waiting, &[0, 1], &[0, 1], 30, &[]),
+        ],
+    )
+    .gives(Action::Wait(2), "nobody started: no set-aside yet");
+}
+
+#[test]
 fn plan_text_is_two_lines() {
     let p = plan(
         &case(

@@ -5,7 +5,10 @@
 //! against a model of Mnesia's load rules over every order of events.
 //!
 //! The three phases of an entrypoint ([`Phase`]):
-//! - **boot**, with a database (marker on the volume): start ejabberd;
+//! - **boot**, with a database (marker on the volume): if the running
+//!   cluster no longer lists this node (it was scaled away and came back
+//!   with its retained volume), set that database aside and boot empty
+//!   (see [`dropped_by_cluster`]); else start ejabberd;
 //!   Mnesia reconnects and loads each table from the node that went down
 //!   last. Only the lowest node of the schema holds back (see
 //!   [`hold_lowest`]).
@@ -37,6 +40,12 @@ pub enum Action {
     DropStale { via: String },
     /// Have NODE's Mnesia load its own copy of every table now.
     ForceLoad { node: String },
+    /// Move this node's database (Mnesia's files and the marker) aside on
+    /// its volume, never deleting it, and boot again without one: the
+    /// cluster dropped this node from its schema (scaled away, then back
+    /// with its retained volume), so its copy is stale and Mnesia must
+    /// never load or merge it.
+    SetAside,
     /// This node (ordinal 0) seeds the cluster: write the marker.
     Seed,
     /// Others joined this node already: write the marker.
@@ -99,6 +108,7 @@ impl Action {
             Action::Start => "start",
             Action::DropStale { .. } => "drop-stale",
             Action::ForceLoad { .. } => "force-load",
+            Action::SetAside => "set-aside",
             Action::Seed => "seed",
             Action::Joined => "joined",
             Action::Join { .. } => "join",
@@ -121,7 +131,7 @@ fn plan_of(action: Action, reason: impl Into<String>) -> Plan {
 pub fn plan(f: &Facts) -> Plan {
     let o = &f.obs;
     let p = match (o.phase, o.marker) {
-        (Phase::Boot, true) => hold_lowest(f),
+        (Phase::Boot, true) => dropped_by_cluster(f).unwrap_or_else(|| hold_lowest(f)),
         (Phase::Boot, false) => stale_self(f),
         (Phase::Joining, _) => join(f),
         (Phase::Running, _) => prune(f),
@@ -165,6 +175,31 @@ fn schema_of_listers<'a>(me: &str, facts: impl Iterator<Item = &'a NodeFact>) ->
     v.sort();
     v.dedup();
     v
+}
+
+/// Boot with a database that the cluster no longer counts: a peer runs
+/// ejabberd as a member of the cluster (its marker, or a schema of more
+/// than itself) and its schema does not list this node. The lowest running
+/// node removed it (scaled away: `whenScaled: Retain` kept its volume) or
+/// an operator did. Its copy is older than the cluster's (it was out while
+/// the cluster kept writing), and starting Mnesia on it would have it wait
+/// for, or merge with, nodes that dropped it: set it aside (kept on the
+/// volume, never deleted) and come back empty; [`stale_self`] and [`join`]
+/// then bring it in. Only a started member decides: while the cluster
+/// itself is down nobody can tell which schema is current.
+fn dropped_by_cluster(f: &Facts) -> Option<Plan> {
+    let me = f.obs.me.as_str();
+    let n = peers(f).find(|n| {
+        n.state == NodeState::Started && (n.clustered || n.db_nodes.len() > 1) && !n.lists(me)
+    })?;
+    Some(plan_of(
+        Action::SetAside,
+        format!(
+            "the cluster dropped {me}: {} runs it with schema [{}] (scaled away and back with its old volume, or removed): this database is set aside and {me} starts empty",
+            n.node,
+            n.db_nodes.join(",")
+        ),
+    ))
 }
 
 /// Boot with a database. When every node holding a table runs Mnesia and
@@ -495,6 +530,16 @@ fn prune(f: &Facts) -> Plan {
     let Some(replicas) = f.replicas else {
         return plan_of(Action::Idle, "no replica count: nothing to prune");
     };
+    // Scaled to 0 every pod stops, this one too, and all come back with
+    // their volumes (whenScaled: Retain): a pause, not a shrink. Pruning
+    // the pods that are already gone would leave each volume with another
+    // schema.
+    if replicas == 0 {
+        return plan_of(
+            Action::Idle,
+            "replicas 0: every pod stops and keeps its volume; nobody leaves the schema",
+        );
+    }
     let Some(mine) = o.node(me).filter(|n| n.state == NodeState::Started) else {
         return plan_of(Action::Wait(10), "ejabberd is not started here");
     };

@@ -7,8 +7,14 @@
 #   observe  cluster-probe.erl on a short-lived hidden node reads every
 #            pod's Mnesia and POSTs the facts to the sidecar's /cluster/plan
 #   act      the plan's first line: wait N | start | drop-stale NODE |
-#            force-load NODE | seed | joined | join NODE | restart-empty |
-#            remove NODE | idle | fail (its second line says why)
+#            force-load NODE | set-aside | seed | joined | join NODE |
+#            restart-empty | remove NODE | idle | fail (its second line
+#            says why)
+#
+# No database is ever deleted that may hold what a client wrote: one the
+# cluster dropped (set-aside), or one without the marker that this script
+# did not create empty itself, is moved into $SPOOL/set-aside/<UTC time>/
+# on the volume (CLUSTER_UNMARKED_DATABASE=fail refuses to start instead).
 #
 #   cluster-entrypoint.sh             run ejabberd (the container's command)
 #   cluster-entrypoint.sh query       print what the probe sees (JSON)
@@ -26,6 +32,12 @@ ADMIN=${KUBE_EPMD_ADMIN:-127.0.0.1:9090}
 PROBE=${CLUSTER_PROBE:-$(cd "${0%/*}" && pwd)/cluster-probe.erl}
 SPOOL=${CLUSTER_SPOOL_DIR:-/opt/ejabberd/database}
 MARKER=$SPOOL/.kube-epmd-clustered
+# Written when this script starts ejabberd on an empty database, removed
+# when that node seeds or joins: a database without the marker but with
+# this flag is this script's own, empty, never served (not Ready before the
+# marker), and may go.
+CREATED_EMPTY=$SPOOL/.kube-epmd-created-empty
+UNMARKED=${CLUSTER_UNMARKED_DATABASE:-set-aside}
 READY_FLAG=${CLUSTER_READY_FLAG:-/tmp/kube-epmd-clustered}
 PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
 TIMING="${CLUSTER_LOAD_GRACE:-15} ${CLUSTER_HOLD_MAX:-120} ${CLUSTER_JOIN_TIMEOUT:-300}"
@@ -143,15 +155,40 @@ prune_loop() {
     done
 }
 
-# Without the marker the database is not the cluster's (a join the container
-# did not live to record: the members may have dropped it since): start
-# empty. Only Mnesia's files go (the image keeps other files there).
-fresh_db() {
+# Mnesia's files on the volume (the image keeps other files there too).
+mnesia_files() {
     for f in "$SPOOL"/*.DAT "$SPOOL"/*.DCD "$SPOOL"/*.DCL "$SPOOL"/*.LOG "$SPOOL"/*.BUP "$SPOOL"/*.TMP; do
-        [ -e "$f" ] && log "no marker: $f is not the cluster's, removed" && rm -f "$f"
+        [ -e "$f" ] && printf '%s\n' "$f"
     done
 }
-in_cluster() { : > "$MARKER" || fail "cannot write $MARKER"; }
+
+# set_aside WHY: move Mnesia's files and the marker into a new directory
+# $SPOOL/set-aside/<UTC time>/ on the same volume (a rename: instant, and
+# Mnesia never looks there). Kept until an operator deletes it; README
+# "Backup and restore" says how to get users back from it.
+set_aside() {
+    if [ -z "$(mnesia_files)" ]; then rm -f "$MARKER"; return 0; fi
+    dir=$SPOOL/set-aside/$(date -u +%Y%m%dT%H%M%SZ)-$$
+    mkdir -p "$dir" || fail "cannot create $dir"
+    mnesia_files | while IFS= read -r f; do mv "$f" "$dir/" || exit 1; done ||
+        fail "cannot move the database into $dir"
+    [ -e "$MARKER" ] && { mv "$MARKER" "$dir/" || fail "cannot move $MARKER into $dir"; }
+    log "database moved to $dir (kept, not deleted): $1"
+}
+
+# Start without the marker: the database, if any, is not the cluster's (a
+# join the container did not live to record, which the members may have
+# dropped since, or a database put there by hand): ejabberd starts empty.
+# This script's own empty database goes; any other is set aside.
+fresh_db() {
+    if [ -e "$CREATED_EMPTY" ]; then
+        mnesia_files | while IFS= read -r f; do rm -f "$f"; done
+    else
+        set_aside "no marker: not the cluster's database"
+    fi
+    : > "$CREATED_EMPTY" || fail "cannot write $CREATED_EMPTY"
+}
+in_cluster() { : > "$MARKER" || fail "cannot write $MARKER"; rm -f "$CREATED_EMPTY"; }
 
 run() {
     rm -f "$READY_FLAG"
@@ -167,7 +204,17 @@ run() {
     # schema lists the cluster's nodes. It is the cluster's: say so.
     if [ ! -e "$MARKER" ] && [ -n "$(probe schema "$SPOOL" "$me" 2>/dev/null)" ]; then
         log "the database's schema lists other nodes (a join not recorded): marker restored"
-        : > "$MARKER"
+        in_cluster
+    fi
+    # A database without the marker that this script did not create: by
+    # default set aside at start (fresh_db); CLUSTER_UNMARKED_DATABASE=fail
+    # refuses to touch it (a database placed by hand, README "Migration").
+    if [ ! -e "$MARKER" ] && [ ! -e "$CREATED_EMPTY" ] && [ -n "$(mnesia_files)" ]; then
+        case $UNMARKED in
+            set-aside) ;;
+            fail) fail "$SPOOL holds a database without the marker $MARKER (CLUSTER_UNMARKED_DATABASE=fail): see README \"Migration\"" ;;
+            *) fail "CLUSTER_UNMARKED_DATABASE=$UNMARKED: set-aside or fail" ;;
+        esac
     fi
     t_start=$(date +%s) t_phase=$t_start phase=boot
     [ -e "$MARKER" ] || beacon_start
@@ -182,6 +229,9 @@ run() {
                 if [ -e "$MARKER" ]; then phase=running; else phase=joining t_phase=$(date +%s); fi ;;
             drop-stale) ctl --node "$arg" leave_cluster "$me" || pause 3 ;;
             force-load) probe force-load "$arg" >&2 || pause 3 ;;
+            # The cluster dropped this node: its database goes aside and it
+            # boots again without one (the beacon says so to the others).
+            set-aside) set_aside "$reason" && beacon_start && t_phase=$(date +%s) ;;
             seed) in_cluster && phase=running ;;
             # A join ejabberdctl reported failed may have happened: the
             # database is the cluster's now; an ejabberd stuck after it
