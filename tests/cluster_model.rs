@@ -35,8 +35,13 @@
 //!   loaded nodes connected to the lowest Ready node (started + marker).
 //! - **Events** (`events.rs`): create / delete pod, kill a container, kill
 //!   every container at once, machine failure of a set of pods, lose a
-//!   volume (pod absent), write, scale N -> N-1 -> N (3 nodes; a scaled-
-//!   away pod's volume is deleted, the new one starts empty).
+//!   volume (pod absent), write, scale N -> N-1 -> N and N -> 0 -> N (3
+//!   nodes), the controller keeping or deleting the scaled-away pods'
+//!   claims as deploy/base/statefulset.yaml's `whenScaled` says (Retain: a
+//!   pod scaled back comes with its old volume; to 0, the controller
+//!   deletes the pods one `delete` event at a time, the entrypoints acting
+//!   in between). A liveness run from a state scaled to 0 scales back
+//!   first.
 //! - **Time and order** (`explore.rs`): each actor (entrypoint, Mnesia)
 //!   is due at a model time (a plan round takes 1 s, Wait(s) s, Idle 10 s).
 //!   At every state, *any* actor whose step changes the state may go next
@@ -66,6 +71,8 @@
 //!    lost (the documented manual force-load); an older version only
 //!    through a Mnesia-blamed own load (counted).
 //! 4. A pod with a database (marker) never fails; Fails counted.
+//! 5. `set-aside` never moves away a copy newer than every other
+//!    surviving one (counted with (2)).
 //!
 //! # Not modelled
 //! Network partitions, a probe that sees a state older than the action's
@@ -133,6 +140,7 @@ fn check(
         faults: Faults {
             machine_sets,
             scale,
+            retain_scaled: events::deploy_retains_scaled(),
         },
     });
     s.run(vec![World::first_start(nodes), World::steady(nodes)]);
@@ -160,8 +168,9 @@ fn check(
         st.verdicts, st.newest_lost, st.liveness_steps
     );
     println!(
-        "  (4) fails: {} (with a database: {}); incompatible-cookie restarts: {}",
-        st.fails, st.fails_with_db, st.incompatible
+        "  (4) fails: {} (with a database: {}); incompatible-cookie restarts: {}; \
+         (5) set-asides: {}, of the newest copy: {}",
+        st.fails, st.fails_with_db, st.incompatible, st.set_asides, st.set_asides_newest
     );
     for v in s.violations.values() {
         println!(

@@ -146,6 +146,39 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
                 own_load(w, j, Cause::ForceLoad, notes);
             }
         }
+        Action::SetAside => {
+            // The entrypoint moves Mnesia's files and the marker aside
+            // (kept on the volume, out of Mnesia's reach) and boots again
+            // without a database: the beacon answers `empty`.
+            assert_eq!(
+                w.nodes[k].vm,
+                Vm::Off,
+                "plan said set-aside on a running VM"
+            );
+            notes.set_asides += 1;
+            if let Some(v) = w.nodes[k].vol {
+                let newest_elsewhere = (0..w.n())
+                    .filter(|&j| j != k)
+                    .filter_map(|j| w.nodes[j].vol)
+                    .map(|x| x.version)
+                    .max()
+                    .unwrap_or(0);
+                if v.version > newest_elsewhere {
+                    notes.set_aside_newest += 1;
+                    notes.say(now, || {
+                        format!(
+                            "  SET ASIDE the newest copy v{} (others v{newest_elsewhere})",
+                            v.version
+                        )
+                    });
+                }
+            }
+            let node = &mut w.nodes[k];
+            node.vol = None;
+            node.marker = false;
+            node.phase = Phase::Boot;
+            node.t_phase = now;
+        }
         Action::Seed | Action::Joined => {
             let node = &mut w.nodes[k];
             node.marker = true;

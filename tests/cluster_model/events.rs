@@ -21,10 +21,18 @@ pub enum Event {
     LoseVolume(usize),
     /// A client write, acknowledged by the cluster's loaded nodes.
     Write,
-    /// replicas N -> N-1: the last pod deleted, its volume deleted.
+    /// replicas N -> N-1: the last pod deleted; its claim deleted or kept
+    /// as the manifest's `whenScaled` says.
     ScaleDown,
-    /// replicas N-1 -> N: the last pod created, empty.
+    /// replicas N-1 -> N: the last pod created, on its kept volume or a
+    /// new, empty one.
     ScaleUp,
+    /// replicas N -> 0: the controller deletes every pod (each a `Delete`
+    /// event, in any order, the entrypoints acting in between); claims as
+    /// `whenScaled` says.
+    ScaleToZero,
+    /// replicas 0 -> N: every pod created again (`Create` events).
+    ScaleBack,
 }
 
 impl fmt::Display for Event {
@@ -43,6 +51,8 @@ impl fmt::Display for Event {
             Event::Write => write!(f, "write"),
             Event::ScaleDown => write!(f, "scale down"),
             Event::ScaleUp => write!(f, "scale up"),
+            Event::ScaleToZero => write!(f, "scale to 0"),
+            Event::ScaleBack => write!(f, "scale back from 0"),
         }
     }
 }
@@ -53,6 +63,26 @@ pub struct Faults {
     /// The sets of pods a machine failure may take.
     pub machine_sets: Vec<Mask>,
     pub scale: bool,
+    /// The StatefulSet controller's claim retention on scale-down
+    /// (`whenScaled: Retain`): a scaled-away pod keeps its volume.
+    pub retain_scaled: bool,
+}
+
+/// `persistentVolumeClaimRetentionPolicy.whenScaled` of the StatefulSet in
+/// deploy/: the model plays the controller as deploy/ configures it.
+pub fn deploy_retains_scaled() -> bool {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/statefulset.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let policy = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("whenScaled:"))
+        .unwrap_or_else(|| panic!("{path}: no whenScaled"))
+        .trim();
+    match policy {
+        "Retain" => true,
+        "Delete" => false,
+        other => panic!("{path}: whenScaled {other:?}"),
+    }
 }
 
 /// A node with the cluster's tables that clients reach (Ready).
@@ -93,14 +123,18 @@ pub fn enabled(w: &World, faults: &Faults) -> Vec<Event> {
     }
     if faults.scale && w.replicas == n {
         v.push(Event::ScaleDown);
+        v.push(Event::ScaleToZero);
     }
     if faults.scale && w.replicas + 1 == n {
         v.push(Event::ScaleUp);
     }
+    if faults.scale && w.replicas == 0 && w.nodes.iter().all(|node| !node.pod) {
+        v.push(Event::ScaleBack);
+    }
     v
 }
 
-pub fn apply(w: &mut World, e: Event, notes: &mut Notes) {
+pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
     notes.say(w.now, || format!("== {e}"));
     let n = w.n();
     match e {
@@ -151,12 +185,25 @@ pub fn apply(w: &mut World, e: Event, notes: &mut Notes) {
                 go_down(w, bit(k));
                 w.nodes[k].pod = false;
             }
-            w.nodes[k].vol = None;
-            w.nodes[k].marker = false;
+            if !faults.retain_scaled {
+                w.nodes[k].vol = None;
+                w.nodes[k].marker = false;
+            }
         }
         Event::ScaleUp => {
             w.replicas = n;
             w.create_pod(n - 1);
+        }
+        Event::ScaleToZero => w.replicas = 0,
+        Event::ScaleBack => {
+            if !faults.retain_scaled {
+                // Every claim went with its pod.
+                for node in &mut w.nodes {
+                    node.vol = None;
+                    node.marker = false;
+                }
+            }
+            w.replicas = n;
         }
     }
 }

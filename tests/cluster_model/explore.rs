@@ -105,10 +105,16 @@ fn fold(w: &mut World, key0: &[u8], notes: &mut Notes) -> Option<Vec<u8>> {
 }
 
 /// Apply one label the way the search did (used again to print traces).
-fn transition(w: &mut World, key0: &[u8], label: Label, notes: &mut Notes) -> Option<Vec<u8>> {
+fn transition(
+    w: &mut World,
+    key0: &[u8],
+    label: Label,
+    faults: &Faults,
+    notes: &mut Notes,
+) -> Option<Vec<u8>> {
     match label {
         Label::Event(e) => {
-            events::apply(w, e, notes);
+            events::apply(w, e, faults, notes);
             mnesia::settle(w, notes);
             Some(w.key())
         }
@@ -124,6 +130,27 @@ fn transition(w: &mut World, key0: &[u8], label: Label, notes: &mut Notes) -> Op
             } else {
                 fold(w, key0, notes)
             }
+        }
+    }
+}
+
+/// What the operator and the controller do before a liveness run: a
+/// StatefulSet scaled to 0 is scaled back (its remaining pods deleted
+/// first, as the controller finishes the scale-down), then every missing
+/// pod is created.
+fn recover(w: &mut World, faults: &Faults, notes: &mut Notes) {
+    if w.replicas == 0 {
+        for k in 0..w.n() {
+            if w.nodes[k].pod {
+                events::apply(w, Event::Delete(k), faults, notes);
+                mnesia::settle(w, notes);
+            }
+        }
+        events::apply(w, Event::ScaleBack, faults, notes);
+    }
+    for k in 0..w.replicas {
+        if !w.nodes[k].pod {
+            w.create_pod(k);
         }
     }
 }
@@ -266,6 +293,8 @@ pub struct Stats {
     pub fails: u64,
     pub fails_with_db: u64,
     pub incompatible: u64,
+    pub set_asides: u64,
+    pub set_asides_newest: u64,
     pub verdicts: BTreeMap<Verdict, u64>,
     pub newest_lost: u64,
     pub liveness_steps: u64,
@@ -331,6 +360,16 @@ impl Search {
             }
         }
         self.stats.incompatible += notes.incompatible as u64;
+        self.stats.set_asides += notes.set_asides as u64;
+        self.stats.set_asides_newest += notes.set_aside_newest as u64;
+        if notes.set_aside_newest > 0 {
+            self.violation(
+                w,
+                "(2) set-aside of the newest surviving copy".into(),
+                state,
+                false,
+            );
+        }
         for &(_, db) in &notes.fails {
             self.stats.fails += 1;
             if db {
@@ -394,7 +433,7 @@ impl Search {
                     for e in events::enabled(&w, &self.cfg.faults) {
                         let mut w2 = w.clone();
                         let mut notes = Notes::default();
-                        events::apply(&mut w2, e, &mut notes);
+                        events::apply(&mut w2, e, &self.cfg.faults, &mut notes);
                         mnesia::settle(&mut w2, &mut notes);
                         succ.push((Label::Event(e), w2, notes));
                     }
@@ -458,11 +497,7 @@ impl Search {
     fn liveness(&mut self, w: &World) -> Verdict {
         let mut w = w.clone();
         let mut notes = Notes::default();
-        for k in 0..w.replicas {
-            if !w.nodes[k].pod {
-                w.create_pod(k);
-            }
-        }
+        recover(&mut w, &self.cfg.faults, &mut notes);
         let survives = w.acked_survives();
         let t0 = w.now;
         // (key, newest surviving version, blame of the step from it)
@@ -547,18 +582,14 @@ impl Search {
         notes.say(w.now, || format!("root {}", w.describe()));
         for l in chain {
             let key = w.key();
-            transition(&mut w, &key, l, &mut notes);
+            transition(&mut w, &key, l, &self.cfg.faults, &mut notes);
         }
         notes.say(w.now, || format!("state {}", w.describe()));
         if liveness {
             notes.say(w.now, || {
                 "== liveness: create every pod, no more faults".into()
             });
-            for k in 0..w.replicas {
-                if !w.nodes[k].pod {
-                    w.create_pod(k);
-                }
-            }
+            recover(&mut w, &self.cfg.faults, &mut notes);
             let t0 = w.now;
             while full(&w).is_none() && w.now <= t0 + 3000 {
                 let Some((due, a)) = earliest(&w) else { break };

@@ -45,6 +45,9 @@ pub struct Notes {
     /// (node, it had a database) per Fail action.
     pub fails: Vec<(usize, bool)>,
     pub incompatible: u32,
+    pub set_asides: u32,
+    /// Set-asides of a copy newer than every other surviving one.
+    pub set_aside_newest: u32,
     pub log: Option<Vec<String>>,
 }
 
