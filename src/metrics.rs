@@ -179,6 +179,10 @@ pub struct DiscoveryMetrics {
     pub replicas_file_write_errors: Counter,
     /// Plans given to this pod's entrypoint (`/cluster/plan`), by action.
     pub cluster_plans: Family<ActionLabels, Counter>,
+    /// 1 while the last plan saw a network partition.
+    pub cluster_partitioned: Gauge,
+    /// 1 while this node does not serve because of a partition.
+    pub cluster_paused: Gauge,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -218,6 +222,14 @@ impl DiscoveryMetrics {
         self.cluster_plans
             .get_or_create(&ActionLabels { action })
             .inc();
+    }
+
+    /// The partition gauges after a plan; whether either changed.
+    pub fn cluster_partition(&self, partitioned: bool, paused: bool) -> bool {
+        let was = (self.cluster_partitioned.get(), self.cluster_paused.get());
+        self.cluster_partitioned.set(partitioned.into());
+        self.cluster_paused.set(paused.into());
+        was != (partitioned.into(), paused.into())
     }
 
     pub fn watch_error(&self, reason: &'static str) {
@@ -267,6 +279,16 @@ impl DiscoveryMetrics {
             "cluster_plans",
             "Plans given to this pod's entrypoint, by action",
             self.cluster_plans.clone(),
+        );
+        registry.register(
+            "cluster_partitioned",
+            "1 while the last cluster plan saw a network partition (a pod cut off, or sides running apart after a heal)",
+            self.cluster_partitioned.clone(),
+        );
+        registry.register(
+            "cluster_paused",
+            "1 while this node does not serve because it cannot reach a majority (pause_minority)",
+            self.cluster_paused.clone(),
         );
         if self.statefulset_watched {
             registry.register(

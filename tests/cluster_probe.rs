@@ -38,7 +38,9 @@ const LIMIT: Duration = Duration::from_secs(30);
 // The JSON contract: the crate's own types (strict: deny_unknown_fields),
 // so the probe and the planner cannot drift apart.
 
-use kube_epmd::cluster::facts::{NodeFact, NodeState as State, Observation, Phase, Timing};
+use kube_epmd::cluster::facts::{
+    NodeFact, NodeState as State, Observation, PartitionHandling, Phase, Timing,
+};
 
 /// What `query` prints: the observation without the plan's inputs.
 #[derive(Debug, Deserialize)]
@@ -549,7 +551,8 @@ fn probe_reports_the_mnesia_facts_of_real_nodes() {
         Timing {
             load_grace: 15,
             hold_max: 120,
-            join_timeout: 300
+            join_timeout: 300,
+            partition: PartitionHandling::PauseMinority,
         }
     );
     let states: Vec<(&str, State)> = obs

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::{AdminState, text};
 use crate::cluster::facts::{Facts, Observation};
 use crate::cluster::nodes::Naming;
+use crate::cluster::partition;
 use crate::cluster::plan::plan;
 use crate::kubernetes::DiscoveryView;
 
@@ -71,6 +72,16 @@ pub async fn plan_for(
     };
     let p = plan(&facts);
     d.metrics.cluster_plan(p.action.kind());
+    let st = partition::status(&facts, &p);
+    if d.metrics.cluster_partition(st.partitioned, st.paused) {
+        tracing::warn!(
+            partitioned = st.partitioned,
+            paused = st.paused,
+            action = %p.action,
+            reason = %p.reason,
+            "cluster partition state changed"
+        );
+    }
     tracing::debug!(action = %p.action, reason = %p.reason, "cluster plan");
     text(StatusCode::OK, p.to_string())
 }

@@ -4,7 +4,7 @@
 //! `tests/cluster_model.rs` checks the same function over every order of
 //! events; these cases pin each rule to a readable example.
 
-use super::facts::{Facts, NodeFact, NodeState, Observation, Phase, Timing};
+use super::facts::{Facts, NodeFact, NodeState, Observation, PartitionHandling, Phase, Timing};
 use super::nodes::Naming;
 use super::plan::{Action, STALE_SECS, plan};
 
@@ -28,6 +28,15 @@ fn seen(k: u32, state: NodeState, db: &[u32], run: &[u32], up: u64, saw: &[u32])
         uptime: up,
         saw_down: ns(saw),
         clustered: false,
+        reachable: true,
+    }
+}
+
+/// Node `k`'s pod cut off from this one (no VM, no EPMD answer).
+fn cut(k: u32) -> NodeFact {
+    NodeFact {
+        reachable: false,
+        ..down(k)
     }
 }
 
@@ -49,6 +58,8 @@ struct Case {
     since_phase: u64,
     nodes: Vec<NodeFact>,
     replicas: Option<u32>,
+    paused: bool,
+    partition: PartitionHandling,
 }
 
 fn case(me: u32, phase: Phase, marker: bool, nodes: Vec<NodeFact>) -> Case {
@@ -60,6 +71,8 @@ fn case(me: u32, phase: Phase, marker: bool, nodes: Vec<NodeFact>) -> Case {
         since_phase: 1,
         nodes,
         replicas: Some(3),
+        paused: false,
+        partition: PartitionHandling::PauseMinority,
     }
 }
 
@@ -72,6 +85,16 @@ impl Case {
 
     fn replicas(mut self, r: Option<u32>) -> Case {
         self.replicas = r;
+        self
+    }
+
+    fn paused(mut self) -> Case {
+        self.paused = true;
+        self
+    }
+
+    fn autoheal(mut self) -> Case {
+        self.partition = PartitionHandling::Autoheal;
         self
     }
 
@@ -89,9 +112,13 @@ impl Case {
                 me,
                 phase: self.phase,
                 marker: self.marker,
+                paused: self.paused,
                 since_start: self.since_start,
                 since_phase: self.since_phase,
-                timing: Timing::default(),
+                timing: Timing {
+                    partition: self.partition,
+                    ..Timing::default()
+                },
                 nodes: self.nodes.clone(),
             },
             naming,
@@ -607,6 +634,105 @@ fn retained_volume_of_a_pruned_node() {
         ],
     )
     .gives(Action::Wait(2), "nobody started: no set-aside yet");
+}
+
+#[test]
+fn network_partition() {
+    use Phase::*;
+    let member = |k, run: &[u32]| NodeFact {
+        clustered: true,
+        ..seen(k, Started, ALL, run, 300, &[])
+    };
+    // chat-2 cut off from chat-0 and chat-1 (their pods still exist): it
+    // reaches 1 of 3, it pauses; seen before Mnesia's nodedown.
+    case(2, Running, true, vec![member(2, ALL), cut(0), cut(1)])
+        .gives(Action::Pause, "minority pauses");
+    // ... and after Mnesia's nodedown the same.
+    case(2, Running, true, vec![member(2, &[2]), cut(0), cut(1)])
+        .gives(Action::Pause, "minority pauses after nodedown");
+    // The majority side keeps serving (and prunes nobody: chat-2's pod
+    // exists).
+    case(
+        0,
+        Running,
+        true,
+        vec![member(0, &[0, 1]), member(1, &[0, 1]), cut(2)],
+    )
+    .gives(Action::Idle, "majority serves");
+    // A peer whose VM restarts while its pod answers is no partition.
+    case(2, Running, true, vec![member(2, &[2]), down(0), down(1)])
+        .gives(Action::Idle, "peers restarting, their pods reachable");
+    // Peers whose pods are gone (deleted, not cut off) are down, not on
+    // another side: the last node keeps serving.
+    case(2, Running, true, vec![member(2, &[2])]).gives(Action::Idle, "pods gone: no other side");
+    // Autoheal: the minority keeps serving during the partition.
+    case(2, Running, true, vec![member(2, &[2]), cut(0), cut(1)])
+        .autoheal()
+        .gives(Action::Idle, "autoheal serves on every side");
+    // Healed: all reach each other, chat-2 runs apart from chat-0/chat-1:
+    // the smaller side restarts and copies from the other.
+    let healed = vec![member(2, &[2]), member(0, &[0, 1]), member(1, &[0, 1])];
+    case(2, Running, true, healed.clone())
+        .gives(Action::Rejoin { from: n(0) }, "the smaller side gives way");
+    case(2, Running, true, healed.clone())
+        .autoheal()
+        .gives(Action::Rejoin { from: n(0) }, "autoheal: the same");
+    case(0, Running, true, healed).gives(Action::Wait(10), "the larger side stays");
+    // Two nodes, one each side: chat-0's side wins the tie.
+    let two = |me: u32| {
+        let a = NodeFact {
+            clustered: true,
+            ..seen(0, Started, &[0, 1], &[0], 300, &[])
+        };
+        let b = NodeFact {
+            clustered: true,
+            ..seen(1, Started, &[0, 1], &[1], 300, &[])
+        };
+        let nodes = if me == 0 { vec![a, b] } else { vec![b, a] };
+        Case {
+            replicas: Some(2),
+            ..case(me, Running, true, nodes)
+        }
+    };
+    two(1)
+        .autoheal()
+        .gives(Action::Rejoin { from: n(0) }, "tie: chat-1 gives way");
+    two(0)
+        .autoheal()
+        .gives(Action::Wait(10), "tie: chat-0 stays");
+    // A node just restarted has not met its peers yet: no split.
+    case(
+        2,
+        Running,
+        true,
+        vec![member(2, ALL), member(0, &[0, 1]), member(1, &[0, 1])],
+    )
+    .gives(
+        Action::Idle,
+        "chat-2 runs with both: no split from its side",
+    );
+    // Boot during the partition (the container restarted): hold, never
+    // load its own copy alone.
+    case(2, Boot, true, vec![down(2), cut(0), cut(1)])
+        .gives(Action::Wait(2), "minority holds at boot");
+    // Paused, the partition healed: start once a member has the tables.
+    case(
+        2,
+        Boot,
+        true,
+        vec![down(2), member(0, &[0, 1]), member(1, &[0, 1])],
+    )
+    .paused()
+    .gives(Action::Start, "paused: copies from the majority");
+    // Paused and the majority only restarting: wait for the tables.
+    case(
+        2,
+        Boot,
+        true,
+        vec![down(2), seen(0, Waiting, ALL, &[0, 1], 30, &[2]), cut(1)],
+    )
+    .paused()
+    .gives(Action::Wait(2), "paused: nobody to copy from yet");
 }
 
 #[test]

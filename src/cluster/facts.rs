@@ -80,6 +80,16 @@ pub struct NodeFact {
     /// (the others dropped it, or were dropped). False when down.
     #[serde(default)]
     pub clustered: bool,
+    /// Its pod answers over the network: its VM does, or else its pod's
+    /// EPMD (the kube-epmd sidecar, up before ejabberd and while it is
+    /// down) accepts a connection. False for a pod that exists in the API
+    /// but that this pod cannot reach: cut off by a network partition.
+    #[serde(default = "answers")]
+    pub reachable: bool,
+}
+
+fn answers() -> bool {
+    true
 }
 
 impl NodeFact {
@@ -96,6 +106,23 @@ impl NodeFact {
     }
 }
 
+/// What a node does about a network partition (CLUSTER_PARTITION_HANDLING;
+/// README "Network partitions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionHandling {
+    /// A node that cannot reach a majority of its schema's living pods
+    /// stops serving until it can, then copies from the majority: no
+    /// acknowledged write is lost; a side without a majority serves
+    /// nothing (both halves of a 2-node cluster).
+    #[default]
+    PauseMinority,
+    /// Every side keeps serving; after the heal the smaller side (on a tie
+    /// the one without the lowest ordinal) restarts and copies from the
+    /// other, discarding what it wrote meanwhile.
+    Autoheal,
+}
+
 /// The entrypoint's own settings (its CLUSTER_* environment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +134,9 @@ pub struct Timing {
     pub hold_max: u64,
     /// CLUSTER_JOIN_TIMEOUT: a node that cannot decide by then exits.
     pub join_timeout: u64,
+    /// CLUSTER_PARTITION_HANDLING.
+    #[serde(default)]
+    pub partition: PartitionHandling,
 }
 
 impl Default for Timing {
@@ -115,6 +145,7 @@ impl Default for Timing {
             load_grace: 15,
             hold_max: 120,
             join_timeout: 300,
+            partition: PartitionHandling::default(),
         }
     }
 }
@@ -130,6 +161,11 @@ pub struct Observation {
     pub phase: Phase,
     /// The database volume says this node joined or seeded a cluster.
     pub marker: bool,
+    /// The volume says this node stopped serving because it could not
+    /// reach a majority (a partition): its copy is older than the
+    /// majority's, it must copy from a member that has the tables.
+    #[serde(default)]
+    pub paused: bool,
     /// Seconds since the entrypoint started deciding (JOIN_TIMEOUT).
     pub since_start: u64,
     /// Seconds since the current phase began.

@@ -19,6 +19,7 @@
 
 pub mod facts;
 pub mod nodes;
+pub mod partition;
 pub mod plan;
 
 #[cfg(test)]

@@ -20,12 +20,15 @@
 //! - **joining**: join the established cluster, or seed it (ordinal 0
 //!   only, when every pod is there and none belongs to a cluster), or
 //!   wait (see [`join`]). Never a second cluster beside a live one.
-//! - **running**: the lowest running node removes scaled-away nodes from
-//!   the schema (see [`prune`]).
+//! - **running**: a node cut off from the majority pauses, and after a
+//!   heal the side that gives way restarts (see [`partition`]); the lowest
+//!   running node removes scaled-away nodes from the schema (see
+//!   [`prune`]).
 
 use std::fmt;
 
 use super::facts::{Facts, NodeFact, NodeState, Phase};
+use super::partition;
 
 /// What the entrypoint does next.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,6 +61,13 @@ pub enum Action {
     RestartEmpty,
     /// `ejabberdctl leave_cluster NODE`: NODE was scaled away.
     Remove { node: String },
+    /// Stop ejabberd and hold (the volume says paused): this node cannot
+    /// reach a majority of its schema's living nodes (pause_minority).
+    Pause,
+    /// Restart ejabberd: after a partition healed, this node is on the
+    /// side that gives way; Mnesia then copies every table from FROM's
+    /// side (what this side wrote meanwhile is discarded).
+    Rejoin { from: String },
     /// Give up: exit non-zero so the container restarts.
     Fail,
     /// Nothing to do until the pods or the replica count change.
@@ -94,7 +104,8 @@ impl fmt::Display for Action {
             Action::DropStale { via: n }
             | Action::ForceLoad { node: n }
             | Action::Join { target: n }
-            | Action::Remove { node: n } => write!(f, " {n}"),
+            | Action::Remove { node: n }
+            | Action::Rejoin { from: n } => write!(f, " {n}"),
             _ => Ok(()),
         }
     }
@@ -114,13 +125,15 @@ impl Action {
             Action::Join { .. } => "join",
             Action::RestartEmpty => "restart-empty",
             Action::Remove { .. } => "remove",
+            Action::Pause => "pause",
+            Action::Rejoin { .. } => "rejoin",
             Action::Fail => "fail",
             Action::Idle => "idle",
         }
     }
 }
 
-fn plan_of(action: Action, reason: impl Into<String>) -> Plan {
+pub(super) fn plan_of(action: Action, reason: impl Into<String>) -> Plan {
     Plan {
         action,
         reason: reason.into(),
@@ -131,10 +144,12 @@ fn plan_of(action: Action, reason: impl Into<String>) -> Plan {
 pub fn plan(f: &Facts) -> Plan {
     let o = &f.obs;
     let p = match (o.phase, o.marker) {
-        (Phase::Boot, true) => dropped_by_cluster(f).unwrap_or_else(|| hold_lowest(f)),
+        (Phase::Boot, true) => partition::boot(f)
+            .or_else(|| dropped_by_cluster(f))
+            .unwrap_or_else(|| hold_lowest(f)),
         (Phase::Boot, false) => stale_self(f),
         (Phase::Joining, _) => join(f),
-        (Phase::Running, _) => prune(f),
+        (Phase::Running, _) => partition::running(f).unwrap_or_else(|| prune(f)),
     };
     // Whoever cannot decide gives up after the join timeout (the container
     // restarts): never guess. A node with a database never does: it starts

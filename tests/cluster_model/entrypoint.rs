@@ -49,6 +49,8 @@ fn node_fact(w: &World, j: usize, asked: Mask) -> NodeFact {
         saw_down: names(saw),
         // The probe reads the marker through the node's VM: not when down.
         clustered: nj.marker && !matches!(state, NodeState::Down | NodeState::Empty),
+        // No partitions in this model: every pod that exists answers.
+        reachable: true,
     }
 }
 
@@ -67,6 +69,7 @@ pub fn facts(w: &World, k: usize) -> Facts {
             me: name(k).to_string(),
             phase: nk.phase,
             marker: nk.marker,
+            paused: false,
             since_start: w.now - nk.t_start,
             since_phase: w.now - nk.t_phase,
             timing: Timing::default(),
@@ -204,6 +207,11 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
             if w.nodes[k].vm == Vm::Started && !x_runs {
                 drop_from_schema(w, k, x);
             }
+        }
+        Action::Pause | Action::Rejoin { .. } => {
+            // Every pod reaches every other here: a partition rule firing
+            // is a bug in the plan.
+            panic!("chat-{k}: {} without a partition: {}", p.action, p.reason);
         }
         Action::Fail => {
             notes.fails.push((k, w.nodes[k].marker));

@@ -39,7 +39,14 @@ MARKER=$SPOOL/.kube-epmd-clustered
 CREATED_EMPTY=$SPOOL/.kube-epmd-created-empty
 UNMARKED=${CLUSTER_UNMARKED_DATABASE:-set-aside}
 READY_FLAG=${CLUSTER_READY_FLAG:-/tmp/kube-epmd-clustered}
-PRUNE_INTERVAL=${CLUSTER_PRUNE_INTERVAL:-10}
+CHECK_INTERVAL=${CLUSTER_CHECK_INTERVAL:-${CLUSTER_PRUNE_INTERVAL:-10}}
+PARTITION=${CLUSTER_PARTITION_HANDLING:-pause_minority}
+# On the volume while this node has stopped serving for want of a majority
+# (README "Network partitions"): its copy is older than the majority's.
+PAUSED=$SPOOL/.kube-epmd-paused
+# Set by the running loop before it stops ejabberd for a pause or a rejoin:
+# the script boots again instead of exiting.
+RESTART=${READY_FLAG}.restart
 TIMING="${CLUSTER_LOAD_GRACE:-15} ${CLUSTER_HOLD_MAX:-120} ${CLUSTER_JOIN_TIMEOUT:-300}"
 CTL=${EJABBERDCTL:-ejabberdctl}
 CTL_CONFIG_DIR=${CONFIG_DIR:-/opt/ejabberd/conf}
@@ -121,13 +128,23 @@ stop_vm() {
     wait_vm
 }
 fail() { log "$*"; [ -n "$loop_pid" ] && kill "$loop_pid" 2>/dev/null; beacon_stop; stop_vm; exit 1; }
+# From the running loop (not the VM's parent): `ejabberdctl stop`, and the
+# VM killed if it is still there after 30 s (a Mnesia commit waiting for a
+# peer that is cut off can hold the stop until net_ticktime gives up).
+stop_from_loop() {
+    "$CTL" stop >/dev/null 2>&1 &
+    i=0
+    while kill -0 "$vm" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 1; i=$((i + 1)); done
+    kill -0 "$vm" 2>/dev/null && { log "ejabberd still runs 30 s after stop: killed"; pkill -KILL -P "$vm"; kill -KILL "$vm"; }
+}
 
 # Ask for the plan in phase $1: sets action, arg, reason; logs each new one.
 decide() {
-    now=$(date +%s) marker=false
+    now=$(date +%s) marker=false paused=false
     [ -e "$MARKER" ] && marker=true
+    [ -e "$PAUSED" ] && paused=true
     # shellcheck disable=SC2086 # TIMING is three numbers
-    out=$(probe plan "$ADMIN" "$me" "$1" "$marker" $((now - t_start)) $((now - t_phase)) $TIMING) ||
+    out=$(probe plan "$ADMIN" "$me" "$1" "$marker" $((now - t_start)) $((now - t_phase)) $TIMING "$PARTITION" "$paused") ||
         out="wait 3
 the probe failed (above); asking again"
     { read -r action arg; read -r reason; } <<EOF
@@ -137,21 +154,30 @@ EOF
     last="$action $arg $reason"
 }
 
-# Running: the plan prunes scaled-away nodes; asked again only when the
-# replica count or the pods change (or it said wait).
-prune_loop() {
+# Running: the plan is asked every CHECK_INTERVAL seconds (a partition is
+# only seen by looking): it prunes scaled-away nodes, pauses this node when
+# it cannot reach a majority, and has it rejoin when a healed partition
+# left it on the side that gives way. For those two it stops ejabberd; the
+# main loop sees RESTART and boots again.
+running_loop() {
     trap 'exit 0' TERM INT
-    idle_for=
     while :; do
-        key="$(cat "$REPLICAS_FILE" 2>/dev/null) $(cksum < "$HOSTS_FILE" 2>/dev/null)"
-        if [ "$key" != "$idle_for" ]; then
-            decide running
-            case $action in
-                remove) "$CTL" leave_cluster "$arg" >&2 && continue ;;
-                idle) idle_for=$key ;;
-            esac
-        fi
-        sleep "$PRUNE_INTERVAL"
+        decide running
+        case $action in
+            remove) "$CTL" leave_cluster "$arg" >&2 && continue ;;
+            pause)
+                : > "$PAUSED" && : > "$RESTART"
+                log "paused: ejabberd stops until a majority is reachable again"
+                stop_from_loop
+                exit 0 ;;
+            rejoin)
+                lost=$(probe diverged "$me" "$arg" 2>/dev/null | tr '\n' ' ')
+                log "rejoin: discarding what this side wrote during the partition; tables that differ from $arg (table, here, there): ${lost:-none}"
+                : > "$RESTART"
+                stop_from_loop
+                exit 0 ;;
+        esac
+        sleep "$CHECK_INTERVAL"
     done
 }
 
@@ -173,6 +199,7 @@ set_aside() {
     mnesia_files | while IFS= read -r f; do mv "$f" "$dir/" || exit 1; done ||
         fail "cannot move the database into $dir"
     [ -e "$MARKER" ] && { mv "$MARKER" "$dir/" || fail "cannot move $MARKER into $dir"; }
+    rm -f "$PAUSED"
     log "database moved to $dir (kept, not deleted): $1"
 }
 
@@ -191,7 +218,11 @@ fresh_db() {
 in_cluster() { : > "$MARKER" || fail "cannot write $MARKER"; rm -f "$CREATED_EMPTY"; }
 
 run() {
-    rm -f "$READY_FLAG"
+    rm -f "$READY_FLAG" "$RESTART"
+    case $PARTITION in
+        pause_minority|autoheal) ;;
+        *) fail "CLUSTER_PARTITION_HANDLING=$PARTITION: pause_minority or autoheal" ;;
+    esac
     # SIGTERM from tini (pod deletion): stop ejabberd, then leave.
     trap 'stopping=1; [ -n "$ctl_pid" ] && kill "$ctl_pid" 2>/dev/null; beacon_stop; stop_vm; exit 0' TERM INT
     # ejabberdctl reaches the local node by its name: wait for kube-epmd to list it.
@@ -218,6 +249,7 @@ run() {
     fi
     t_start=$(date +%s) t_phase=$t_start phase=boot
     [ -e "$MARKER" ] || beacon_start
+    while :; do
     while [ "$phase" != running ]; do
         [ "$phase" = boot ] || kill -0 "$vm" 2>/dev/null || fail "ejabberd exited while joining"
         decide "$phase"
@@ -256,12 +288,19 @@ run() {
             *) pause 3 ;;
         esac
     done
+    # Started after a pause: the tables came from the majority.
+    [ -e "$PAUSED" ] && rm -f "$PAUSED" && log "back in the cluster after the pause"
     : > "$READY_FLAG"
-    prune_loop & loop_pid=$!
+    running_loop & loop_pid=$!
     wait_vm
     rc=$?
     kill "$loop_pid" 2>/dev/null
-    exit "$rc"
+    wait "$loop_pid" 2>/dev/null
+    loop_pid=
+    [ -e "$RESTART" ] || exit "$rc"
+    rm -f "$RESTART"
+    t_phase=$(date +%s) phase=boot
+    done
 }
 
 case "${1:-run}" in

@@ -11,10 +11,15 @@
 %%   nodes ADMIN SELF     print the other pods' node names as the sidecar
 %%                        lists them (GET http://ADMIN/cluster/nodes)
 %%   query ADMIN SELF     print one line of JSON: {"self":..,"nodes":[NODEFACT..]}
-%%   plan ADMIN SELF PHASE MARKER SINCE_START SINCE_PHASE LOAD_GRACE HOLD_MAX JOIN_TIMEOUT
+%%   plan ADMIN SELF PHASE MARKER SINCE_START SINCE_PHASE LOAD_GRACE HOLD_MAX JOIN_TIMEOUT [PARTITION PAUSED]
 %%                        observe as query does, POST the facts to
 %%                        http://ADMIN/cluster/plan and print its answer
-%%                        (two lines: the action, then the reason) verbatim
+%%                        (two lines: the action, then the reason) verbatim;
+%%                        PARTITION pause_minority|autoheal (default
+%%                        pause_minority), PAUSED true|false (default false)
+%%   diverged SELF FROM   the tables whose content differs between SELF and
+%%                        FROM (both running Mnesia), one line each:
+%%                        TABLE SELF_SIZE FROM_SIZE
 %%   schema DIR SELF      print the nodes of the Mnesia schema on disc in DIR
 %%                        but SELF, Mnesia not started
 %%   force-load NODE      MANUAL ESCAPE HATCH, loses data (see the
@@ -72,8 +77,10 @@ ProbeUsage =
     "usage: MODE ARGS... after -extra, one of\n"
     "  nodes ADMIN SELF\n"
     "  query ADMIN SELF\n"
-    "  plan ADMIN SELF PHASE MARKER SINCE_START SINCE_PHASE LOAD_GRACE HOLD_MAX JOIN_TIMEOUT\n"
-    "       (PHASE boot|joining|running, MARKER true|false, the rest non-negative integers)\n"
+    "  plan ADMIN SELF PHASE MARKER SINCE_START SINCE_PHASE LOAD_GRACE HOLD_MAX JOIN_TIMEOUT [PARTITION PAUSED]\n"
+    "       (PHASE boot|joining|running, MARKER true|false, the rest non-negative integers;\n"
+    "        PARTITION pause_minority|autoheal, PAUSED true|false)\n"
+    "  diverged SELF FROM\n"
     "  force-load NODE\n"
     "  schema DIR SELF\n"
     "ADMIN is the sidecar's admin address, host:port",
@@ -304,6 +311,9 @@ FetchNodes = fun(Admin, Self) ->
 %%   waiting   Mnesia runs, some local table is not loaded
 %%   loaded    every local table loaded, the ejabberd application not running
 %%   started   ejabberd runs
+%% whether its pod answers at all (reachable: its VM answers, or else a TCP
+%% connection to its EPMD port, the sidecar's, is accepted or refused
+%% within 2 s; no answer means this pod is cut off from it),
 %% plus its schema's nodes, the ones Mnesia sees running, its uptime, and
 %% which of the other observed nodes its Mnesia saw go down (mnesia_recover
 %% keeps these records across restarts until the two meet again: at boot
@@ -317,21 +327,37 @@ ObserveNode = fun(Node, Observed) ->
                       Names = fun(L) when is_list(L) -> [NodeBin(N) || N <- L, is_atom(N)];
                                  (_) -> []
                               end,
-                      Fact = fun(State, Db, Running, Uptime, SawDown, Clustered) ->
+                      Fact = fun(State, Db, Running, Uptime, SawDown, Clustered, Reachable) ->
                                      {object, [{<<"node">>, NodeBin(Node)},
                                                {<<"state">>, atom_to_binary(State, utf8)},
                                                {<<"db_nodes">>, Names(Db)},
                                                {<<"running_db_nodes">>, Names(Running)},
                                                {<<"uptime">>, Uptime},
                                                {<<"saw_down">>, Names(SawDown)},
-                                               {<<"clustered">>, Clustered}]}
+                                               {<<"clustered">>, Clustered},
+                                               {<<"reachable">>, Reachable}]}
                              end,
+                      %% The pod's EPMD (the sidecar) answers: accepted, or
+                      %% refused (the host answered); anything else, a
+                      %% timeout or no route, is a pod cut off from this one.
+                      PodAnswers = fun() ->
+                                           [_, Host] = string:split(atom_to_list(Node), "@"),
+                                           Port = case os:getenv("ERL_EPMD_PORT") of
+                                                      false -> 4369;
+                                                      P -> list_to_integer(P)
+                                                  end,
+                                           case gen_tcp:connect(Host, Port, [], 2000) of
+                                               {ok, Sock} -> gen_tcp:close(Sock), true;
+                                               {error, econnrefused} -> true;
+                                               {error, _} -> false
+                                           end
+                                   end,
                       case net_adm:ping(Node) of
                           pang ->
                               Beacon = list_to_atom("cluster-empty-" ++ atom_to_list(Node)),
                               case net_adm:ping(Beacon) of
-                                  pong -> Fact(empty, [], [], 0, [], false);
-                                  pang -> Fact(down, [], [], 0, [], false)
+                                  pong -> Fact(empty, [], [], 0, [], false, true);
+                                  pang -> Fact(down, [], [], 0, [], false, PodAnswers())
                               end;
                           pong ->
                               Db = Call(mnesia, system_info, [db_nodes]),
@@ -367,7 +393,7 @@ ObserveNode = fun(Node, Observed) ->
                                                   Call(filelib, is_regular, [Marker]) =:= true;
                                               _ -> false
                                           end,
-                              Fact(State, Db, Running, Uptime, SawDown, Clustered)
+                              Fact(State, Db, Running, Uptime, SawDown, Clustered, true)
                       end
               end,
 %% Every node at once (a node that does not answer costs a connect
@@ -428,25 +454,60 @@ ForceLoad = fun(Node) ->
             end,
 
 %% ---------------------------------------------------------------------
+%% diverged: which tables hold other content on SELF than on FROM (after a
+%% partition, what SELF's side wrote that a restart will discard). A
+%% table's content is compared sorted (tables of up to 100 000 records:
+%% the content crosses the network once), else by size only.
+Diverged = fun(Self, From) ->
+                   Local = case rpc:call(Self, mnesia, system_info, [local_tables], RpcTimeoutMs) of
+                               L when is_list(L) -> L -- [schema];
+                               Err -> ProbeFail(1, "local_tables on ~ts: ~tp", [Self, Err])
+                           end,
+                   Size = fun(Node, Table) -> rpc:call(Node, mnesia, table_info, [Table, size], RpcTimeoutMs) end,
+                   Content = fun(Node, Table) ->
+                                     case rpc:call(Node, ets, tab2list, [Table], 30000) of
+                                         Rows when is_list(Rows) -> lists:sort(Rows);
+                                         Other -> Other
+                                     end
+                             end,
+                   [begin
+                        {S1, S2} = {Size(Self, Table), Size(From, Table)},
+                        Differs = S1 =/= S2 orelse
+                            (is_integer(S1) andalso S1 =< 100000 andalso
+                             Content(Self, Table) =/= Content(From, Table)),
+                        case Differs of
+                            true -> EmitStdout(io_lib:format("~ts ~w ~w~n", [Table, S1, S2]));
+                            false -> ok
+                        end
+                    end || Table <- Local]
+           end,
+
+%% ---------------------------------------------------------------------
 %% The modes.
 ProbeMain =
-    fun(["nodes", AdminArg, SelfArg]) ->
+    fun Mode(["nodes", AdminArg, SelfArg]) ->
             Admin = ArgAdmin(AdminArg),
             _ = ArgNode("SELF", SelfArg),
             EmitStdout([[NodeBin(N), $\n] || N <- FetchNodes(Admin, SelfArg)]);
-       (["query", AdminArg, SelfArg]) ->
+       Mode(["query", AdminArg, SelfArg]) ->
             Admin = ArgAdmin(AdminArg),
             _ = ArgNode("SELF", SelfArg),
             Facts = Observation(Admin, SelfArg),
             EmitStdout([JsonEncode({object, [{<<"self">>, unicode:characters_to_binary(SelfArg)},
                                              {<<"nodes">>, Facts}]}), $\n]);
-       (["plan", AdminArg, SelfArg, PhaseArg, MarkerArg, SinceStartArg, SincePhaseArg,
+       Mode(["plan", AdminArg, SelfArg, PhaseArg, MarkerArg, SinceStartArg, SincePhaseArg,
          LoadGraceArg, HoldMaxArg, JoinTimeoutArg]) ->
+            Mode(["plan", AdminArg, SelfArg, PhaseArg, MarkerArg, SinceStartArg, SincePhaseArg,
+                       LoadGraceArg, HoldMaxArg, JoinTimeoutArg, "pause_minority", "false"]);
+       Mode(["plan", AdminArg, SelfArg, PhaseArg, MarkerArg, SinceStartArg, SincePhaseArg,
+         LoadGraceArg, HoldMaxArg, JoinTimeoutArg, PartitionArg, PausedArg]) ->
             %% Every argument checked before anything is asked of anyone.
             Admin = ArgAdmin(AdminArg),
             _ = ArgNode("SELF", SelfArg),
             Phase = ArgOneOf("PHASE", PhaseArg, ["boot", "joining", "running"]),
             Marker = ArgOneOf("MARKER", MarkerArg, ["true", "false"]),
+            Partition = ArgOneOf("PARTITION", PartitionArg, ["pause_minority", "autoheal"]),
+            Paused = ArgOneOf("PAUSED", PausedArg, ["true", "false"]),
             Counts = [{Key, ArgCount(What, Str)}
                       || {Key, What, Str} <- [{since_start, "SINCE_START", SinceStartArg},
                                               {since_phase, "SINCE_PHASE", SincePhaseArg},
@@ -459,16 +520,20 @@ ProbeMain =
                                [{<<"self">>, unicode:characters_to_binary(SelfArg)},
                                 {<<"phase">>, atom_to_binary(Phase, utf8)},
                                 {<<"marker">>, Marker},
+                                {<<"paused">>, Paused},
                                 {<<"since_start">>, Count(since_start)},
                                 {<<"since_phase">>, Count(since_phase)},
                                 {<<"timing">>, {object, [{<<"load_grace">>, Count(load_grace)},
                                                          {<<"hold_max">>, Count(hold_max)},
-                                                         {<<"join_timeout">>, Count(join_timeout)}]}},
+                                                         {<<"join_timeout">>, Count(join_timeout)},
+                                                         {<<"partition">>, atom_to_binary(Partition, utf8)}]}},
                                 {<<"nodes">>, Facts}]}),
             EmitStdout(SidecarCall(Admin, "POST", "/cluster/plan", "application/json", Body));
-       (["force-load", NodeArg]) ->
+       Mode(["force-load", NodeArg]) ->
             ForceLoad(ArgNode("NODE", NodeArg));
-       (["schema", DirArg, SelfArg]) ->
+       Mode(["diverged", SelfArg, FromArg]) ->
+            Diverged(ArgNode("SELF", SelfArg), ArgNode("FROM", FromArg));
+       Mode(["schema", DirArg, SelfArg]) ->
             %% The nodes of the schema on disc in DIR, read by this hidden
             %% node's Mnesia without starting it (its db_nodes come from
             %% the disc then; just this node when DIR holds no schema).
@@ -481,7 +546,7 @@ ProbeMain =
             Self = ArgNode("SELF", SelfArg),
             Nodes = [N || N <- mnesia:system_info(db_nodes), N =/= node(), N =/= Self],
             EmitStdout([[NodeBin(N), $\n] || N <- Nodes]);
-       (Other) ->
+       Mode(Other) ->
             BadArg("unknown mode or wrong number of arguments: ~tp", [Other])
     end,
 
