@@ -1309,3 +1309,4 @@ lifecycle_test!(
 
 // After the macros above: the TLS scenario reuses `say!` and the harness.
 pub(crate) mod tls;
+pub(crate) mod operations;
