@@ -346,10 +346,13 @@ ObserveNode = fun(Node, Observed) ->
                                                       false -> 4369;
                                                       P -> list_to_integer(P)
                                                   end,
-                                           case gen_tcp:connect(Host, Port, [], 2000) of
+                                           %% A blackhole route makes connect/4 raise
+                                           %% badarg (EINVAL) rather than return.
+                                           try gen_tcp:connect(Host, Port, [], 2000) of
                                                {ok, Sock} -> gen_tcp:close(Sock), true;
                                                {error, econnrefused} -> true;
                                                {error, _} -> false
+                                           catch _:_ -> false
                                            end
                                    end,
                       case net_adm:ping(Node) of
