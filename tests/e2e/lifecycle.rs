@@ -165,6 +165,27 @@ struct Chat {
     /// Distribution over mutual TLS (the tls-dist overlay): every
     /// kube-epmd issues its pod's certificate from this test CA directory.
     tls: Option<PathBuf>,
+    /// The controller keeps a scaled-away pod's claim: deploy/'s
+    /// `persistentVolumeClaimRetentionPolicy.whenScaled` is Retain.
+    retain_scaled: bool,
+    /// More of the ejabberd container's environment (CLUSTER_* settings).
+    extra_env: Vec<(String, String)>,
+}
+
+/// deploy/base/statefulset.yaml's `whenScaled`, as the StatefulSet
+/// controller reads it: true for Retain (also when unset, the API's
+/// default), false for Delete.
+fn deploy_retains_scaled() -> Result<bool, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/statefulset.yaml");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let sts: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    match sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"].as_str() {
+        None | Some("Retain") => Ok(true),
+        Some("Delete") => Ok(false),
+        Some(other) => Err(format!("{}: whenScaled {other:?}", path.display())),
+    }
 }
 
 impl Chat {
@@ -241,6 +262,8 @@ impl Chat {
             busybox,
             replicas: n as i32,
             tls: ca,
+            retain_scaled: deploy_retains_scaled()?,
+            extra_env: Vec::new(),
         };
         for k in 0..n {
             chat.add_slot(k, &pem)?;
@@ -363,6 +386,23 @@ impl Chat {
             ("CLUSTER_JOIN_TIMEOUT".into(), "150".into()),
             ("CLUSTER_PRUNE_INTERVAL".into(), "2".into()),
         ]
+        .into_iter()
+        .chain(self.extra_env.iter().cloned())
+        .collect()
+    }
+
+    /// Append `line` to every pod's ejabberdctl.cfg (sourced by
+    /// ejabberdctl and by the entrypoint's hidden nodes alike).
+    fn ctl_cfg_line(&self, line: &str) -> Result<(), String> {
+        for ct in &self.pods {
+            let cfg = ct.conf.join("ejabberdctl.cfg");
+            let mut text =
+                std::fs::read_to_string(&cfg).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            text.push_str(line);
+            text.push('\n');
+            std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        }
+        Ok(())
     }
 
     /// A command run as the ejabberd user inside pod `k` (what the
@@ -421,6 +461,53 @@ impl Chat {
     /// Pod `k` gets a new, empty volume (its spool).
     fn empty_volume(&self, k: usize) -> Result<(), String> {
         self.fresh_dir(&self.pods[k].spool)
+    }
+
+    /// `kubectl scale --replicas=TO` as the StatefulSet controller carries
+    /// it out (Parallel): down, every pod with an ordinal >= TO deleted at
+    /// once, and its claim deleted too unless `whenScaled` is Retain; up,
+    /// the missing pods created at once, each on its kept claim or a new,
+    /// empty one.
+    async fn scale(&mut self, to: usize) -> Result<(), String> {
+        let from = self.replicas as usize;
+        self.replicas = to as i32;
+        self.publish_statefulset();
+        if to < from {
+            let gone: Vec<usize> = (to..from).collect();
+            self.delete(&gone).await?;
+            if !self.retain_scaled {
+                for k in gone {
+                    self.empty_volume(k)?;
+                }
+            }
+        } else {
+            let new: Vec<usize> = (from..to).collect();
+            self.create(&new).await?;
+        }
+        Ok(())
+    }
+
+    /// The databases the entrypoint set aside on pod `k`'s volume
+    /// (`set-aside/<time>/`), each with the files in it.
+    fn set_aside(&self, k: usize) -> Vec<(String, Vec<String>)> {
+        let dir = self.pods[k].spool.join("set-aside");
+        let mut v: Vec<(String, Vec<String>)> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let mut files: Vec<String> = std::fs::read_dir(e.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|f| f.file_name().to_string_lossy().into_owned())
+                    .collect();
+                files.sort();
+                (e.file_name().to_string_lossy().into_owned(), files)
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// All pods down one after another, chat-0 first, each stop followed
@@ -932,8 +1019,8 @@ async fn lifecycle_dist(flavour: Flavour, ca: Option<PathBuf>) -> Result<(), Str
 
     // (1d) All pods down and chat-0's volume lost with them: chat-0 goes
     // first (deleted), a user is registered, then the machine under chat-1
-    // and chat-2 fails, taking chat-0's volume too (or: chat-0's claim
-    // deleted during a scale to 0). All three come back at once, chat-0
+    // and chat-2 fails, taking chat-0's volume too. All three come back at
+    // once, chat-0
     // empty. chat-1 and chat-2 hold every user but wait for each other's
     // tables (neither saw the other go), and chat-0 will never come back as
     // a holder: no node may stay waiting, and no manual step.
@@ -1108,12 +1195,11 @@ async fn lifecycle_dist(flavour: Flavour, ca: Option<PathBuf>) -> Result<(), Str
         ));
     }
 
-    // (3) Scale 3 -> 2: the controller deletes chat-2 and its claim.
+    // (3) Scale 3 -> 2: the controller deletes chat-2, and keeps its claim
+    // (whenScaled: Retain); the lowest running node removes chat-2 from the
+    // schema.
     let t = Instant::now();
-    chat.replicas = 2;
-    chat.publish_statefulset();
-    chat.delete(&[2]).await?;
-    sh(&format!("rm -rf {}", chat.pods[2].spool.display()))?;
+    chat.scale(2).await?;
     let mut d = Duration::ZERO;
     let limit = Duration::from_secs(60);
     loop {
@@ -1134,6 +1220,8 @@ async fn lifecycle_dist(flavour: Flavour, ca: Option<PathBuf>) -> Result<(), Str
     }
     chat.wait_full(&[0, 1], Duration::from_secs(30)).await?;
     chat.schema_is(&[0, 1]).await?;
+    chat.register(0, "while_scaled_to_2").await?;
+    users.push("while_scaled_to_2".into());
     say!(
         chat,
         "scale 3 -> 2: chat-2 gone from every remaining schema {:?} after the \
@@ -1141,20 +1229,71 @@ async fn lifecycle_dist(flavour: Flavour, ca: Option<PathBuf>) -> Result<(), Str
         t.elapsed()
     );
 
-    // Scale 2 -> 3: a new claim, an empty node that joins.
+    // Scale 2 -> 3: chat-2 comes back with its kept claim, whose database
+    // the cluster dropped: it must be set aside (never loaded, never
+    // merged, never deleted) and chat-2 join empty.
     let t = Instant::now();
-    chat.empty_volume(2)?;
-    chat.replicas = 3;
-    chat.publish_statefulset();
-    chat.create(&[2]).await?;
+    let seen2 = chat.log(2).len();
+    let aside_before = chat.set_aside(2).len();
+    chat.scale(3).await?;
     chat.wait_ready(2, FULL_LIMIT).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     chat.users_everywhere(&ALL, &users).await?;
-    check(chat.log(2).contains("joined the cluster"), || chat.log(2))?;
+    let since = chat.log(2).get(seen2..).unwrap_or_default().to_string();
+    check(joined_a_cluster(&since), || since.clone())?;
+    let aside = chat.set_aside(2);
+    if chat.retain_scaled {
+        check(
+            since.contains("set-aside: the cluster dropped")
+                && aside.len() == aside_before + 1
+                && aside
+                    .last()
+                    .is_some_and(|(_, f)| f.iter().any(|f| f == "schema.DAT")),
+            || format!("chat-2's retained database was not set aside: {aside:?}\n{since}"),
+        )?;
+    }
     say!(
         chat,
-        "scale 2 -> 3: the new empty chat-2 joined in {:?}",
+        "scale 2 -> 3: chat-2 back on its {} claim joined in {:?} ({})",
+        if chat.retain_scaled { "kept" } else { "new" },
+        t.elapsed(),
+        aside
+            .last()
+            .map(|(d, f)| format!("set aside: {d} with {} files", f.len()))
+            .unwrap_or_else(|| "nothing set aside".into())
+    );
+
+    // Scale 3 -> 0 -> 3 (issue 21: with whenScaled: Delete this emptied
+    // every volume and came back as a new, empty cluster): every pod goes,
+    // every claim stays, and the cluster comes back whole with every user;
+    // nobody pruned, set aside or seeded.
+    chat.register(1, "before_scale_to_0").await?;
+    users.push("before_scale_to_0".into());
+    chat.users_everywhere(&ALL, &users).await?;
+    let t = Instant::now();
+    let seen: Vec<usize> = ALL.iter().map(|&k| chat.log(k).len()).collect();
+    chat.scale(0).await?;
+    let t_back = Instant::now();
+    chat.scale(3).await?;
+    chat.wait_all_ready(&ALL).await?;
+    chat.wait_full(&ALL, FULL_LIMIT).await?;
+    chat.schema_is(&ALL).await?;
+    chat.users_everywhere(&ALL, &users).await?;
+    for k in ALL {
+        let since = chat.log(k).get(seen[k]..).unwrap_or_default().to_string();
+        check(
+            !since.contains("set-aside")
+                && !since.contains("seeds a new cluster")
+                && !since.contains(PRUNED),
+            || format!("chat-{k} after scale 3 -> 0 -> 3:\n{since}"),
+        )?;
+    }
+    say!(
+        chat,
+        "scale 3 -> 0 -> 3: full cluster with every user {:?} after scaling back ({:?} \
+         with the scale-down)",
+        t_back.elapsed(),
         t.elapsed()
     );
 
@@ -1308,5 +1447,6 @@ lifecycle_test!(
 );
 
 // After the macros above: the TLS scenario reuses `say!` and the harness.
-pub(crate) mod tls;
 pub(crate) mod operations;
+pub(crate) mod partition;
+pub(crate) mod tls;

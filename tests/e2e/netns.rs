@@ -104,6 +104,11 @@ impl Netns {
     pub fn freeze_all(&self) {
         signal_inside(&self.name, libc::SIGSTOP);
     }
+
+    /// SIGCONT every process inside: the frozen pod runs on.
+    pub fn thaw_all(&self) {
+        signal_inside(&self.name, libc::SIGCONT);
+    }
 }
 
 impl Drop for Netns {
