@@ -545,9 +545,20 @@ fn lifecycle_check_wants_parallel_pods_and_the_replicas_feed() {
         .persistent_volume_claim_retention_policy
         .as_mut()
     {
-        p.when_scaled = Some("Retain".into());
+        // Scale to 0 would delete every claim (issue 21).
+        p.when_scaled = Some("Delete".into());
     }
-    assert!(check_lifecycle(&bad).is_err());
+    assert!(check_lifecycle(&bad).unwrap_err().contains("whenScaled"));
+    let mut bad = Manifests::load("deploy");
+    if let Some(p) = bad
+        .statefulset
+        .spec
+        .persistent_volume_claim_retention_policy
+        .as_mut()
+    {
+        p.when_deleted = Some("Delete".into());
+    }
+    assert!(check_lifecycle(&bad).unwrap_err().contains("whenDeleted"));
 }
 
 fn ejabberd_mut(m: &mut Manifests) -> &mut Container {
