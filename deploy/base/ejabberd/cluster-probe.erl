@@ -467,8 +467,11 @@ Diverged = fun(Self, From) ->
                                Err -> ProbeFail(1, "local_tables on ~ts: ~tp", [Self, Err])
                            end,
                    Size = fun(Node, Table) -> rpc:call(Node, mnesia, table_info, [Table, size], RpcTimeoutMs) end,
+                   %% A dirty select runs on NODE's own copy, whatever its
+                   %% storage (ets or dets: ejabberd's passwd is on disc only).
                    Content = fun(Node, Table) ->
-                                     case rpc:call(Node, ets, tab2list, [Table], 30000) of
+                                     case rpc:call(Node, mnesia, dirty_select,
+                                                   [Table, [{'_', [], ['$_']}]], 30000) of
                                          Rows when is_list(Rows) -> lists:sort(Rows);
                                          Other -> Other
                                      end
