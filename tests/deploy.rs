@@ -538,27 +538,23 @@ fn lifecycle_check_wants_parallel_pods_and_the_replicas_feed() {
         .expect("args")
         .retain(|a| !a.starts_with("--statefulset"));
     assert!(check_lifecycle(&bad).unwrap_err().contains("--statefulset"));
-    let mut bad = Manifests::load("deploy");
-    if let Some(p) = bad
-        .statefulset
-        .spec
-        .persistent_volume_claim_retention_policy
-        .as_mut()
-    {
-        // Scale to 0 would delete every claim (issue 21).
-        p.when_scaled = Some("Delete".into());
+    // Either policy at Delete loses claims (scale to 0 deleted every one,
+    // issue 21).
+    for field in ["whenScaled", "whenDeleted"] {
+        let mut bad = Manifests::load("deploy");
+        let policy = bad
+            .statefulset
+            .spec
+            .persistent_volume_claim_retention_policy
+            .as_mut()
+            .expect("deploy/ sets a claim retention policy");
+        let delete = Some("Delete".to_string());
+        match field {
+            "whenScaled" => policy.when_scaled = delete,
+            _ => policy.when_deleted = delete,
+        }
+        assert!(check_lifecycle(&bad).unwrap_err().contains(field));
     }
-    assert!(check_lifecycle(&bad).unwrap_err().contains("whenScaled"));
-    let mut bad = Manifests::load("deploy");
-    if let Some(p) = bad
-        .statefulset
-        .spec
-        .persistent_volume_claim_retention_policy
-        .as_mut()
-    {
-        p.when_deleted = Some("Delete".into());
-    }
-    assert!(check_lifecycle(&bad).unwrap_err().contains("whenDeleted"));
 }
 
 fn ejabberd_mut(m: &mut Manifests) -> &mut Container {
