@@ -14,20 +14,26 @@
 //! cluster, not the backup's node names): records with the same key are
 //! overwritten, records only the running cluster has stay, the schema and
 //! every other table (MAM archives, pubsub items, ...) are untouched.
+//! The restore writes under ejabberd's own caches: a node that looked a
+//! user up before (passwd and roster are disc_only_copies here, which
+//! ejabberd caches in memory) answers from its cache until `ejabberdctl
+//! clear_cache` (run on one node, it clears every node's).
 //!
 //! Shown here, both flavours:
 //!   - `backup_restore`: a cluster of 3 with users, backed up on one node;
 //!     every pod deleted and every volume emptied, the pods come back on
 //!     new IPs as a new empty cluster (the users are gone); `restore` on
-//!     one node puts every user (and a roster) on every node, the schema
-//!     unchanged; they survive all pods being deleted again.
+//!     one node, then `clear_cache`, puts every user (its password, a
+//!     roster) on every node, the schema unchanged; they survive all pods
+//!     being deleted again.
 //!   - `migration`: a standalone ejabberd with its own node name
 //!     (`ejabberd@localhost`, a default install's) in a namespace of its
 //!     own, with users, backed up and stopped; its backup restored as it
 //!     is into a running cluster of 3 (the rename is unnecessary), and a
 //!     second backup renamed with `mnesia_change_nodename` first (works
 //!     too); every user on every node, a user of the cluster's own kept,
-//!     the old node name nowhere in the schema.
+//!     a user both have gets the backup's password (the record is
+//!     overwritten), the old node name nowhere in the schema.
 
 use super::*;
 use crate::netns::Netns;
@@ -231,6 +237,14 @@ impl Chat {
         Ok(())
     }
 
+    /// `ejabberdctl check_password USER localhost PASSWORD` in pod `k`.
+    async fn password_is(&self, k: usize, user: &str, password: &str) -> Result<bool, String> {
+        let (code, _) = self
+            .ctl(k, &["check_password", user, DOMAIN, password])
+            .await?;
+        Ok(code == 0)
+    }
+
     /// `ejabberdctl restore FILE` in pod `k`, timed.
     async fn restore(&self, k: usize, file: &Path) -> Result<Duration, String> {
         let t = Instant::now();
@@ -296,24 +310,45 @@ async fn backup_restore(flavour: Flavour) -> Result<(), String> {
     chat.schema_is(&ALL).await?;
     chat.one_seed()?;
     chat.users_nowhere(&ALL, &users).await?;
+    // A client logging in meanwhile: chat-0 looks the user up (and
+    // caches that it has none).
+    check(!chat.password_is(0, &users[0], "s3cret").await?, || {
+        format!("{} logs in before the restore", users[0])
+    })?;
     say!(
         chat,
         "all deleted, every volume new, new pod IPs: a new empty cluster of 3 in {:?}",
         t.elapsed()
     );
 
-    // Restore on one node (not the one that made the backup).
+    // Restore on one node (not the one that made the backup), then
+    // clear ejabberd's caches (every node's).
     let d_restore = chat.restore(2, &file).await?;
+    let stale = !chat.password_is(0, &users[0], "s3cret").await?;
+    chat.ctl_ok(2, &["clear_cache"]).await?;
     let t = Instant::now();
     chat.users_everywhere(&ALL, &users).await?;
+    for k in ALL {
+        for u in &users {
+            check(chat.password_is(k, u, "s3cret").await?, || {
+                format!("chat-{k}: {u}'s password does not check after the restore")
+            })?;
+        }
+    }
     chat.roster_everywhere(&ALL, &users[0], &users[2]).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     say!(
         chat,
-        "ejabberdctl restore on chat-2: {d_restore:?}; every user and the roster on every \
-         node (checked in {:?}), every list_cluster whole",
-        t.elapsed()
+        "ejabberdctl restore on chat-2: {d_restore:?}; every user (with its password) and \
+         the roster on every node after clear_cache (checked in {:?}), every list_cluster \
+         whole; before clear_cache chat-0 {} the user it had looked up",
+        t.elapsed(),
+        if stale {
+            "still refused"
+        } else {
+            "already accepted"
+        }
     );
 
     // Written to every node's disc: all pods deleted and recreated on
@@ -412,7 +447,11 @@ async fn migration(flavour: Flavour) -> Result<(), String> {
 
     chat.wait_all_ready(&ALL).await?;
     chat.wait_full(&ALL, FULL_LIMIT).await?;
+    // The cluster's own user, and one with a name the backup also has
+    // (another password): restore merges by key.
     chat.register(1, "native").await?;
+    chat.ctl_ok(1, &["register", &first[0], DOMAIN, "cluster-pw"])
+        .await?;
     let mut users: Vec<String> = first.clone();
     users.push("native".into());
 
@@ -420,12 +459,36 @@ async fn migration(flavour: Flavour) -> Result<(), String> {
     let d = chat.restore(0, &file1).await?;
     chat.users_everywhere(&ALL, &users).await?;
     chat.roster_everywhere(&ALL, &first[0], &first[1]).await?;
+    // Mnesia has the backup's record on every node, but ejabberd caches
+    // passwords (and rosters) of disc_only tables in each node's memory:
+    // a node that read the user before still answers from its cache
+    // until `clear_cache` (on one node: it clears every node's).
+    let mut stale = Vec::new();
+    for k in ALL {
+        if chat.password_is(k, &first[0], "cluster-pw").await? {
+            stale.push(k);
+        }
+    }
+    chat.ctl_ok(0, &["clear_cache"]).await?;
+    for k in ALL {
+        check(chat.password_is(k, &first[0], "s3cret").await?, || {
+            format!(
+                "chat-{k}: {} lacks the backup's password after restore and clear_cache",
+                first[0]
+            )
+        })?;
+        check(!chat.password_is(k, &first[0], "cluster-pw").await?, || {
+            format!("chat-{k}: {} kept the cluster's password", first[0])
+        })?;
+    }
     chat.wait_full(&ALL, FULL_LIMIT).await?;
     chat.schema_is(&ALL).await?;
     say!(
         chat,
         "restore of {OLD_NODE}'s backup, not renamed, on chat-0: {d:?}; its users and \
-         roster on every node, the cluster's own user kept, the schema still chat-0..2"
+         roster on every node, the cluster's own user kept, a user in both has the backup's \
+         password after clear_cache (before it, stale on chat-{stale:?}), the schema still \
+         chat-0..2"
     );
 
     // (b) The documented rename first: works as well.
