@@ -12,9 +12,23 @@ fn names(m: Mask) -> Vec<String> {
     members(m).map(|k| name(k).to_string()).collect()
 }
 
-/// What the probe reports of node `j`, asked together with `asked`.
-fn node_fact(w: &World, j: usize, asked: Mask) -> NodeFact {
+/// What the probe run in pod `k` reports of node `j`, asked together
+/// with `asked`. A pod across the cut answers neither with its VM nor its
+/// EPMD: down and unreachable.
+fn node_fact(w: &World, k: usize, j: usize, asked: Mask) -> NodeFact {
     let nj = &w.nodes[j];
+    if !w.reach(k, j) {
+        return NodeFact {
+            node: name(j).to_string(),
+            state: NodeState::Down,
+            db_nodes: Vec::new(),
+            running_db_nodes: Vec::new(),
+            uptime: 0,
+            saw_down: Vec::new(),
+            clustered: false,
+            reachable: false,
+        };
+    }
     let up = w.now - nj.t_vm;
     let (state, db, run, uptime, saw) = match nj.vm {
         // A VM is off only while its entrypoint is in Boot; without a
@@ -37,7 +51,7 @@ fn node_fact(w: &World, j: usize, asked: Mask) -> NodeFact {
                 Vm::Loaded => NodeState::Loaded,
                 _ => NodeState::Started,
             };
-            (state, v.db, w.cluster_of(j), up, v.down & asked & !bit(j))
+            (state, v.db, w.running_view(j), up, v.down & asked & !bit(j))
         }
     };
     NodeFact {
@@ -49,7 +63,7 @@ fn node_fact(w: &World, j: usize, asked: Mask) -> NodeFact {
         saw_down: names(saw),
         // The probe reads the marker through the node's VM: not when down.
         clustered: nj.marker && !matches!(state, NodeState::Down | NodeState::Empty),
-        // No partitions in this model: every pod that exists answers.
+        // Its VM or its EPMD answers: on this side of any cut.
         reachable: true,
     }
 }
@@ -62,17 +76,20 @@ pub fn facts(w: &World, k: usize) -> Facts {
     let asked = others.iter().fold(bit(k), |m, &j| m | bit(j));
     let nodes = std::iter::once(k)
         .chain(others.iter().copied())
-        .map(|j| node_fact(w, j, asked))
+        .map(|j| node_fact(w, k, j, asked))
         .collect();
     Facts {
         obs: Observation {
             me: name(k).to_string(),
             phase: nk.phase,
             marker: nk.marker,
-            paused: false,
+            paused: nk.paused,
             since_start: w.now - nk.t_start,
             since_phase: w.now - nk.t_phase,
-            timing: Timing::default(),
+            timing: Timing {
+                partition: w.policy,
+                ..Timing::default()
+            },
             nodes,
         },
         naming: naming().clone(),
@@ -137,7 +154,11 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
             // runs and SELF is down; the schema change reaches VIA's
             // running cluster (nodes down now get it when they copy).
             let via = ordinal(via);
-            if w.nodes[via].vm == Vm::Started && w.nodes[k].vm == Vm::Off {
+            if w.nodes[via].vm == Vm::Started
+                && w.nodes[k].vm == Vm::Off
+                && w.reach(k, via)
+                && !w.hangs(via)
+            {
                 drop_from_schema(w, via, k);
             } else {
                 notes.say(now, || "  (drop-stale failed)".into());
@@ -145,7 +166,7 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
         }
         Action::ForceLoad { node } => {
             let j = ordinal(node);
-            if w.nodes[j].pod && w.nodes[j].vm == Vm::Waiting {
+            if w.nodes[j].pod && w.nodes[j].vm == Vm::Waiting && w.reach(k, j) {
                 own_load(w, j, Cause::ForceLoad, notes);
             }
         }
@@ -163,15 +184,15 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
                 let newest_elsewhere = (0..w.n())
                     .filter(|&j| j != k)
                     .filter_map(|j| w.nodes[j].vol)
-                    .map(|x| x.version)
+                    .map(|x| w.version(x.data))
                     .max()
                     .unwrap_or(0);
-                if v.version > newest_elsewhere {
+                let mine = w.version(v.data);
+                if mine > newest_elsewhere {
                     notes.set_aside_newest += 1;
                     notes.say(now, || {
                         format!(
-                            "  SET ASIDE the newest copy v{} (others v{newest_elsewhere})",
-                            v.version
+                            "  SET ASIDE the newest copy (version {mine}, others {newest_elsewhere})"
                         )
                     });
                 }
@@ -179,6 +200,7 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
             let node = &mut w.nodes[k];
             node.vol = None;
             node.marker = false;
+            node.paused = false;
             node.phase = Phase::Boot;
             node.t_phase = now;
         }
@@ -190,7 +212,12 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
         }
         Action::Join { target } => {
             let t = ordinal(target);
-            if w.nodes[t].pod && w.nodes[t].vm == Vm::Started && w.nodes[k].vm == Vm::Started {
+            if w.nodes[t].pod
+                && w.nodes[t].vm == Vm::Started
+                && w.nodes[k].vm == Vm::Started
+                && w.reach(k, t)
+                && !w.hangs(t)
+            {
                 join(w, k, t);
             } else {
                 notes.say(now, || "  (join failed: target or self not started)".into());
@@ -204,14 +231,28 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
         Action::Remove { node } => {
             let x = ordinal(node);
             let x_runs = w.nodes[x].pod && w.nodes[x].vm.mnesia_runs();
-            if w.nodes[k].vm == Vm::Started && !x_runs {
+            if w.nodes[k].vm == Vm::Started && !x_runs && !w.hangs(k) {
                 drop_from_schema(w, k, x);
             }
         }
         Action::Pause | Action::Rejoin { .. } => {
-            // Every pod reaches every other here: a partition rule firing
-            // is a bug in the plan.
-            panic!("chat-{k}: {} without a partition: {}", p.action, p.reason);
+            // The running loop: the paused flag (Pause only) and RESTART,
+            // `ejabberdctl stop` (killed after 30 s: the model stops it at
+            // once), and the main loop boots again (phase Boot, t_phase
+            // reset, t_start kept). Rejoin logs the tables that differ
+            // first (`probe diverged`), which changes nothing here.
+            assert!(
+                w.nodes[k].vm.mnesia_runs(),
+                "plan said {} on a stopped VM",
+                p.action
+            );
+            if p.action == Action::Pause {
+                w.nodes[k].paused = true;
+            }
+            w.nodes[k].gave_way = true;
+            go_down(w, bit(k));
+            w.nodes[k].phase = Phase::Boot;
+            w.nodes[k].t_phase = now;
         }
         Action::Fail => {
             notes.fails.push((k, w.nodes[k].marker));
@@ -236,6 +277,11 @@ fn drop_from_schema(w: &mut World, via: usize, x: usize) {
 /// `ejabberdctl join_cluster T`: our empty node takes T's schema and data;
 /// T's running cluster adds us; join_cluster restarts ejabberd here.
 fn join(w: &mut World, k: usize, t: usize) {
+    // join_cluster restarts Mnesia here: nothing is apart from it any more.
+    for node in &mut w.nodes {
+        node.apart &= !bit(k);
+    }
+    w.nodes[k].apart = 0;
     let cluster = w.cluster_of(t);
     for j in members(cluster) {
         if let Some(v) = &mut w.nodes[j].vol {
@@ -244,6 +290,20 @@ fn join(w: &mut World, k: usize, t: usize) {
         }
     }
     let src = w.vol(t);
+    // The joiner connects through T (extra_db_nodes): to T's running
+    // cluster only; a node of the schema apart from T stays apart from it.
+    for j in 0..w.n() {
+        let nj = &w.nodes[j];
+        if j != k
+            && cluster & bit(j) == 0
+            && nj.pod
+            && nj.vm.mnesia_runs()
+            && nj.cookie() == Some(src.cookie)
+        {
+            w.nodes[j].apart |= bit(k);
+            w.nodes[k].apart |= bit(j);
+        }
+    }
     let lineage = w.nodes[t].lineage;
     let now = w.now;
     let node = &mut w.nodes[k];

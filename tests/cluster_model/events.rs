@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-use super::mnesia::{Notes, go_down};
-use super::world::{Mask, Vm, World, bit, members};
+use kube_epmd::cluster::facts::PartitionHandling;
+
+use super::mnesia::{self, Notes, go_down};
+use super::world::{Mask, Tag, Vm, World, bit, members};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Event {
@@ -19,8 +21,17 @@ pub enum Event {
     Machine(Mask),
     /// Pod k's volume lost (only while its pod is absent).
     LoseVolume(usize),
-    /// A client write, acknowledged by the cluster's loaded nodes.
-    Write,
+    /// A client write on this Ready node, acknowledged by the loaded nodes
+    /// its Mnesia runs with (one per distinct cluster: the lowest node).
+    Write(usize),
+    /// The network is cut between this side (it holds chat-0) and the
+    /// other nodes.
+    Partition(Mask),
+    /// net_ticktime passes on this side of the cut: its Mnesia nodes see
+    /// the other side go down.
+    Nodedown(Mask),
+    /// The cut is removed.
+    Heal,
     /// replicas N -> N-1: the last pod deleted; its claim deleted or kept
     /// as the manifest's `whenScaled` says.
     ScaleDown,
@@ -33,6 +44,12 @@ pub enum Event {
     ScaleToZero,
     /// replicas 0 -> N: every pod created again (`Create` events).
     ScaleBack,
+}
+
+impl Event {
+    pub fn is_partition(self) -> bool {
+        matches!(self, Event::Partition(_) | Event::Nodedown(_) | Event::Heal)
+    }
 }
 
 impl fmt::Display for Event {
@@ -48,7 +65,18 @@ impl fmt::Display for Event {
                 members(*m).collect::<Vec<_>>()
             ),
             Event::LoseVolume(k) => write!(f, "lose the volume of chat-{k}"),
-            Event::Write => write!(f, "write"),
+            Event::Write(k) => write!(f, "write on chat-{k}"),
+            Event::Partition(m) => write!(
+                f,
+                "network cut between {:?} and the others",
+                members(*m).collect::<Vec<_>>()
+            ),
+            Event::Nodedown(m) => write!(
+                f,
+                "nodedown on {:?} (net_ticktime passed)",
+                members(*m).collect::<Vec<_>>()
+            ),
+            Event::Heal => write!(f, "network healed"),
             Event::ScaleDown => write!(f, "scale down"),
             Event::ScaleUp => write!(f, "scale up"),
             Event::ScaleToZero => write!(f, "scale to 0"),
@@ -66,6 +94,8 @@ pub struct Faults {
     /// The StatefulSet controller's claim retention on scale-down
     /// (`whenScaled: Retain`): a scaled-away pod keeps its volume.
     pub retain_scaled: bool,
+    /// Network cuts (every split), nodedowns and heals.
+    pub partitions: bool,
 }
 
 /// `persistentVolumeClaimRetentionPolicy.whenScaled` of the StatefulSet in
@@ -118,8 +148,35 @@ pub fn enabled(w: &World, faults: &Faults) -> Vec<Event> {
             v.push(Event::Machine(m));
         }
     }
-    if (0..n).any(|k| ready(w, k)) {
-        v.push(Event::Write);
+    // A write on any Ready node whose commit does not wait for a node
+    // across the cut; Ready nodes that run together give the same state:
+    // the lowest of each cluster stands for it.
+    let mut clusters: Vec<Mask> = Vec::new();
+    for k in (0..n).filter(|&k| ready(w, k)) {
+        let c = w.cluster_of(k);
+        if !w.hangs(k) && !clusters.contains(&c) {
+            clusters.push(c);
+            v.push(Event::Write(k));
+        }
+    }
+    if faults.partitions {
+        match w.cut {
+            None => {
+                // Every split once: the side that holds chat-0.
+                for side in (1..(1u16 << n) - 1).filter(|s| s & 1 != 0) {
+                    v.push(Event::Partition(side as Mask));
+                }
+            }
+            Some(a) => {
+                let all = ((1u16 << n) - 1) as Mask;
+                for side in [a, all & !a] {
+                    if members(side).any(|k| w.nodes[k].hung | w.nodes[k].ghost != 0) {
+                        v.push(Event::Nodedown(side));
+                    }
+                }
+                v.push(Event::Heal);
+            }
+        }
     }
     if faults.scale && w.replicas == n {
         v.push(Event::ScaleDown);
@@ -165,19 +222,35 @@ pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
         Event::LoseVolume(k) => {
             w.nodes[k].vol = None;
             w.nodes[k].marker = false;
+            w.nodes[k].paused = false;
         }
-        Event::Write => {
-            let r = (0..n).find(|&k| ready(w, k)).expect("a ready node");
-            w.acked += 1;
-            let acked = w.acked;
+        Event::Write(r) => {
+            assert!(ready(w, r) && !w.hangs(r), "write on chat-{r}");
+            let tag = write_tag(w, r);
+            let id = w.next_write();
+            let b = 1 << id;
+            match (tag, w.policy) {
+                (Tag::Whole, _) | (Tag::Won, PartitionHandling::PauseMinority) => w.last = Some(id),
+                _ => {}
+            }
+            match tag {
+                Tag::Whole => {}
+                Tag::Won => w.won |= b,
+                Tag::Minority => w.minority |= b,
+                Tag::Loser => w.loser |= b,
+            }
             for j in members(w.cluster_of(r)) {
                 if w.nodes[j].vm.has_tables()
                     && let Some(v) = &mut w.nodes[j].vol
                 {
-                    v.version = acked;
+                    v.data |= b;
                 }
             }
+            notes.say(w.now, || format!("  acknowledged as w{id} ({tag:?})"));
         }
+        Event::Partition(side) => mnesia::partition(w, side),
+        Event::Nodedown(side) => mnesia::nodedown(w, side),
+        Event::Heal => mnesia::heal(w),
         Event::ScaleDown => {
             w.replicas = n - 1;
             let k = n - 1;
@@ -188,6 +261,7 @@ pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
             if !faults.retain_scaled {
                 w.nodes[k].vol = None;
                 w.nodes[k].marker = false;
+                w.nodes[k].paused = false;
             }
         }
         Event::ScaleUp => {
@@ -201,9 +275,58 @@ pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
                 for node in &mut w.nodes {
                     node.vol = None;
                     node.marker = false;
+                    node.paused = false;
                 }
             }
             w.replicas = n;
         }
+    }
+}
+
+/// `a` beats `b` as the heal picks the side that stays: more nodes, on a
+/// tie the lowest ordinal.
+fn beats(a: Mask, b: Mask) -> bool {
+    a.count_ones() > b.count_ones()
+        || (a.count_ones() == b.count_ones() && a.trailing_zeros() < b.trailing_zeros())
+}
+
+/// What a write on `r` is: see [`Tag`]. During a cut: the side that keeps
+/// a majority of the living schema nodes (pause_minority) or that the heal
+/// keeps (autoheal) wins. After the heal, with other nodes of the schema
+/// holding the tables apart from this cluster: the side the heal keeps.
+pub fn write_tag(w: &World, r: usize) -> Tag {
+    let v = w.vol(r);
+    let loaded = |m: Mask| {
+        members(m)
+            .filter(|&j| w.nodes[j].pod && w.nodes[j].vm.has_tables())
+            .fold(0, |a, j| a | bit(j))
+    };
+    let mine = loaded(w.cluster_of(r));
+    if w.cut.is_some() {
+        let living = members(v.db | bit(r))
+            .filter(|&j| w.nodes[j].pod)
+            .fold(0, |a, j| a | bit(j));
+        let reach = living & w.side_of(r);
+        let won = match w.policy {
+            PartitionHandling::PauseMinority => 2 * reach.count_ones() > living.count_ones(),
+            PartitionHandling::Autoheal => beats(reach, living & !reach),
+        };
+        return if won { Tag::Won } else { Tag::Minority };
+    }
+    let others: Vec<Mask> = (0..w.n())
+        .filter(|&j| {
+            mine & bit(j) == 0
+                && w.nodes[j].pod
+                && w.nodes[j].vm.has_tables()
+                && w.nodes[j].cookie() == Some(v.cookie)
+        })
+        .map(|j| loaded(w.cluster_of(j)))
+        .collect();
+    if others.is_empty() {
+        Tag::Whole
+    } else if others.iter().all(|&o| beats(mine, o)) {
+        Tag::Won
+    } else {
+        Tag::Loser
     }
 }

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use kube_epmd::cluster::facts::Phase;
+use kube_epmd::cluster::facts::{PartitionHandling, Phase};
 use rustc_hash::FxHashMap;
 
 use super::entrypoint;
 use super::events::{self, Event, Faults};
-use super::mnesia::{self, Blame, Cause, Notes};
-use super::world::{Vm, World};
+use super::mnesia::{self, Blame, Cause, Discard, Notes};
+use super::world::{Tag, Vm, World, members as members_of};
 
 /// Who acts next: a pod's entrypoint, or its Mnesia.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -74,7 +74,12 @@ fn run(w: &mut World, due: u64, a: Actor, notes: &mut Notes) {
                 }
             }
             Vm::Loaded => {
-                w.nodes[k].vm = Vm::Started;
+                // The entrypoint removes the paused flag once ejabberd is
+                // started again.
+                let node = &mut w.nodes[k];
+                node.vm = Vm::Started;
+                node.paused = false;
+                node.gave_way = false;
                 notes.say(w.now, || format!("chat-{k} ejabberd started"));
             }
             _ => {}
@@ -134,11 +139,15 @@ fn transition(
     }
 }
 
-/// What the operator and the controller do before a liveness run: a
-/// StatefulSet scaled to 0 is scaled back (its remaining pods deleted
-/// first, as the controller finishes the scale-down), then every missing
-/// pod is created.
+/// What the operator and the controller do before a liveness run: the
+/// network healed, a StatefulSet scaled to 0 is scaled back (its
+/// remaining pods deleted first, as the controller finishes the
+/// scale-down), then every missing pod is created.
 fn recover(w: &mut World, faults: &Faults, notes: &mut Notes) {
+    if w.cut.is_some() {
+        events::apply(w, Event::Heal, faults, notes);
+        mnesia::settle(w, notes);
+    }
     if w.replicas == 0 {
         for k in 0..w.n() {
             if w.nodes[k].pod {
@@ -166,6 +175,8 @@ enum Live {
         manual: bool,
         scaled: bool,
         gone: bool,
+        bridged: bool,
+        waiting_apart: bool,
     },
 }
 
@@ -190,6 +201,14 @@ pub enum Verdict {
     /// Stuck: the members wait for a scaled-away node (known, open: the
     /// prune needs a started node).
     StuckScaledAway,
+    /// Stuck: every pod started in one lineage, but two of them do not run
+    /// together while a third runs with both (a node restarted during a
+    /// cut too short for a nodedown; known, open: see the module doc).
+    StuckBridged,
+    /// Stuck: a node's Mnesia, started during a cut, waits for tables
+    /// apart from started members after the heal (nothing reconnects it;
+    /// known, open: see the module doc).
+    StuckWaitingApart,
 }
 
 impl Verdict {
@@ -202,12 +221,13 @@ impl Verdict {
 }
 
 /// A full cluster: every pod the StatefulSet wants started and in, one
-/// schema (cookie, lineage), exactly those pods in it, one version.
+/// schema (cookie, lineage), exactly those pods in it, all running
+/// together (Mnesia's running_db_nodes), one copy of the data.
 fn full(w: &World) -> Option<u32> {
     let want = (1u16 << w.replicas) as u8 - 1;
     let first = &w.nodes[0];
     let v0 = first.vol?;
-    for n in &w.nodes[..w.replicas] {
+    for (k, n) in w.nodes[..w.replicas].iter().enumerate() {
         let v = n.vol?;
         let ok = n.pod
             && n.vm == Vm::Started
@@ -216,12 +236,13 @@ fn full(w: &World) -> Option<u32> {
             && v.cookie == v0.cookie
             && n.lineage == first.lineage
             && v.db == want
-            && v.version == v0.version;
+            && w.running_view(k) == want
+            && v.data == v0.data;
         if !ok {
             return None;
         }
     }
-    Some(v0.version)
+    Some(w.version(v0.data))
 }
 
 /// The README's manual step: a member (marker) has a schema node that holds
@@ -253,29 +274,80 @@ fn stuck(w: &World) -> Live {
         manual: gone_last(w, true),
         scaled,
         gone: gone_last(w, false),
+        bridged: bridged(w),
+        waiting_apart: waiting_apart(w),
     }
+}
+
+/// A waiting Mnesia apart from a running Mnesia of its schema.
+fn waiting_apart(w: &World) -> bool {
+    w.nodes.iter().any(|n| {
+        n.pod
+            && n.vm == Vm::Waiting
+            && members_of(n.apart).any(|j| {
+                let nj = &w.nodes[j];
+                nj.pod && nj.vm.mnesia_runs() && nj.cookie() == n.cookie()
+            })
+    })
+}
+
+/// Every pod the StatefulSet wants started in one lineage and schema, but
+/// not all running together (Mnesia-level connections not transitive).
+fn bridged(w: &World) -> bool {
+    let want = (1u16 << w.replicas) as u8 - 1;
+    let first = &w.nodes[0];
+    let Some(v0) = first.vol else { return false };
+    let one = w.nodes[..w.replicas].iter().all(|n| {
+        n.pod
+            && n.vm == Vm::Started
+            && n.marker
+            && n.lineage == first.lineage
+            && n.vol.is_some_and(|v| v.cookie == v0.cookie && v.db == want)
+    });
+    one && (0..w.replicas).any(|k| w.running_view(k) != want)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Two {
+    No,
+    /// Autoheal, while the two sides cannot reach each other (cut, or
+    /// apart since the heal): every side serves, by design.
+    Sides,
+    Yes,
 }
 
 /// Two clusters: nodes with tables that belong to a cluster (marker, or a
 /// schema of more than themselves) of different cookies or lineages.
-fn two_clusters(w: &World) -> bool {
-    let mut seen = None;
-    for n in &w.nodes {
-        let Some(v) = n.vol else { continue };
-        if !n.pod || !n.vm.has_tables() || !(n.marker || v.db.count_ones() > 1) {
-            continue;
-        }
-        match seen {
-            None => seen = Some((v.cookie, n.lineage)),
-            Some(s) if s != (v.cookie, n.lineage) => return true,
-            _ => {}
+fn two_clusters(w: &World) -> Two {
+    let members: Vec<usize> = (0..w.n())
+        .filter(|&k| {
+            let n = &w.nodes[k];
+            n.pod && n.vm.has_tables() && n.vol.is_some_and(|v| n.marker || v.db.count_ones() > 1)
+        })
+        .collect();
+    let id = |k: usize| (w.vol(k).cookie, w.nodes[k].lineage);
+    let mut verdict = Two::No;
+    for (i, &a) in members.iter().enumerate() {
+        for &b in &members[i + 1..] {
+            if id(a) == id(b) {
+                continue;
+            }
+            let apart = !w.reach(a, b) || w.nodes[a].apart & (1 << b) != 0;
+            if w.policy == PartitionHandling::Autoheal && apart {
+                verdict = Two::Sides;
+            } else {
+                return Two::Yes;
+            }
         }
     }
-    false
+    verdict
 }
 
 pub struct Config {
     pub depth: usize,
+    /// At most this many events on a path that are not partition events
+    /// (Partition, Nodedown, Heal).
+    pub plain_max: usize,
     /// Let any actor whose step changes the state go first (else only the
     /// fair order, with events between any two steps).
     pub orders: bool,
@@ -298,6 +370,17 @@ pub struct Stats {
     pub verdicts: BTreeMap<Verdict, u64>,
     pub newest_lost: u64,
     pub liveness_steps: u64,
+    /// Autoheal: states where the sides of a partition serve two
+    /// lineages (by design, until the heal).
+    pub two_sides: u64,
+    /// Writes lost by transition (the last copy replaced), by tag and how.
+    pub discards: BTreeMap<(Tag, Discard), u64>,
+    /// Transitions in which a paused node loaded its own copy while
+    /// another node had the tables.
+    pub paused_own_loads: u64,
+    /// States with a network cut, and with nodes apart after a heal.
+    pub cut_states: u64,
+    pub apart_states: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +431,21 @@ impl Search {
 
     /// Count what a transition did; flag what breaks an invariant.
     fn note(&mut self, w: &World, notes: &Notes, state: u32) {
+        // A write that must survive (Whole, Won) and is lost shows in (3)
+        // (the full cluster ends at an older version), blamed on the own
+        // load that left the copy it came from behind.
+        for &(tag, how) in &notes.discards {
+            *self.stats.discards.entry((tag, how)).or_default() += 1;
+        }
+        if notes.paused_own_load > 0 {
+            self.stats.paused_own_loads += notes.paused_own_load as u64;
+            self.violation(
+                w,
+                "(P4) a paused node loaded its own copy while another had the tables".into(),
+                state,
+                false,
+            );
+        }
         for l in &notes.own_loads {
             *self.stats.own_loads.entry((l.cause, l.blame)).or_default() += 1;
             if l.blame == Some(Blame::Plan) {
@@ -381,7 +479,8 @@ impl Search {
 
     /// Breadth-first by number of external events from every root.
     pub fn run(&mut self, roots: Vec<World>) {
-        let mut level: Vec<(u32, World)> = Vec::new();
+        // (state, world, events on its path that are not partition events)
+        let mut level: Vec<(u32, World, u8)> = Vec::new();
         for w in roots {
             let key = w.key();
             if self.seen.contains_key(&key) {
@@ -391,17 +490,17 @@ impl Search {
             self.seen.insert(key, idx);
             self.parents.push((self.roots.len() as u32, None, 0));
             self.roots.push(w.clone());
-            level.push((idx, w));
+            level.push((idx, w, 0));
         }
         for depth in 0..=self.cfg.depth {
-            let mut next: Vec<(u32, World)> = Vec::new();
+            let mut next: Vec<(u32, World, u8)> = Vec::new();
             let mut stack = std::mem::take(&mut level);
             let mut count = 0;
-            while let Some((idx, w)) = stack.pop() {
+            while let Some((idx, w, plain)) = stack.pop() {
                 count += 1;
                 self.check_state(idx, &w);
                 let key = w.key();
-                let mut succ: Vec<(Label, World, Notes)> = Vec::new();
+                let mut succ: Vec<(Label, World, Notes, u8)> = Vec::new();
                 let acts = actors(&w);
                 let first = earliest(&w).map(|(_, a)| a);
                 for &(_, a) in &acts {
@@ -418,12 +517,12 @@ impl Search {
                     run(&mut w2, due, a, &mut notes);
                     let k2 = w2.key();
                     if k2 != key {
-                        succ.push((Label::Actor(a), w2, notes));
+                        succ.push((Label::Actor(a), w2, notes, plain));
                     } else if Some(a) == first {
                         // Only the default order folds a step that changed
                         // nothing: another actor's Wait just moves the clock.
                         if fold(&mut w2, &key, &mut notes).is_some() {
-                            succ.push((Label::Actor(a), w2, notes));
+                            succ.push((Label::Actor(a), w2, notes, plain));
                         } else {
                             self.stats.fixed_points += 1;
                         }
@@ -431,14 +530,18 @@ impl Search {
                 }
                 if depth < self.cfg.depth {
                     for e in events::enabled(&w, &self.cfg.faults) {
+                        let p = plain + !e.is_partition() as u8;
+                        if p as usize > self.cfg.plain_max {
+                            continue;
+                        }
                         let mut w2 = w.clone();
                         let mut notes = Notes::default();
                         events::apply(&mut w2, e, &self.cfg.faults, &mut notes);
                         mnesia::settle(&mut w2, &mut notes);
-                        succ.push((Label::Event(e), w2, notes));
+                        succ.push((Label::Event(e), w2, notes, p));
                     }
                 }
-                for (label, w2, notes) in succ {
+                for (label, w2, notes, p) in succ {
                     self.stats.transitions += 1;
                     let k2 = w2.key();
                     if self.seen.contains_key(&k2) {
@@ -450,9 +553,9 @@ impl Search {
                     self.parents.push((idx, Some(label), d2));
                     self.note(&w2, &notes, i2);
                     if matches!(label, Label::Event(_)) {
-                        next.push((i2, w2));
+                        next.push((i2, w2, p));
                     } else {
-                        stack.push((i2, w2));
+                        stack.push((i2, w2, p));
                     }
                 }
             }
@@ -463,9 +566,19 @@ impl Search {
     }
 
     fn check_state(&mut self, idx: u32, w: &World) {
-        if two_clusters(w) {
-            self.stats.two_clusters += 1;
-            self.violation(w, "(1) two clusters".into(), idx, false);
+        match two_clusters(w) {
+            Two::Yes => {
+                self.stats.two_clusters += 1;
+                self.violation(w, "(1) two clusters".into(), idx, false);
+            }
+            Two::Sides => self.stats.two_sides += 1,
+            Two::No => {}
+        }
+        if w.cut.is_some() {
+            self.stats.cut_states += 1;
+        }
+        if w.nodes.iter().any(|n| n.apart != 0) {
+            self.stats.apart_states += 1;
         }
         let verdict = self.liveness(w);
         *self.stats.verdicts.entry(verdict).or_default() += 1;
@@ -476,6 +589,20 @@ impl Search {
             self.violation(
                 w,
                 "known, scaled away during an outage: (3) liveness".into(),
+                idx,
+                true,
+            );
+        } else if verdict == Verdict::StuckWaitingApart {
+            self.violation(
+                w,
+                "known, a node whose Mnesia started during a cut waits apart after the heal: (3) liveness".into(),
+                idx,
+                true,
+            );
+        } else if verdict == Verdict::StuckBridged {
+            self.violation(
+                w,
+                "known, two started nodes apart, a third runs with both (restarted during a short cut): (3) liveness".into(),
                 idx,
                 true,
             );
@@ -526,6 +653,7 @@ impl Search {
                 break (stuck(&w), None, newest);
             };
             notes.own_loads.clear();
+            notes.discards.clear();
             run(&mut w, due, a, &mut notes);
             self.stats.liveness_steps += 1;
             path.push((key, newest, notes.worst_blame()));
@@ -545,6 +673,11 @@ impl Search {
         match end {
             Live::Full { newest: true } => Verdict::Full,
             Live::Full { newest: false } => blame.map_or(Verdict::OlderUnexplained, Verdict::Older),
+            Live::Stuck { bridged: true, .. } => Verdict::StuckBridged,
+            Live::Stuck {
+                waiting_apart: true,
+                ..
+            } => Verdict::StuckWaitingApart,
             Live::Stuck {
                 manual: false,
                 scaled: true,

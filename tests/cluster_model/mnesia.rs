@@ -3,7 +3,7 @@
 //! down last, or the orphan rule, or a forced load) or waits, and a node
 //! that meets a schema node running a different cookie stops.
 
-use super::world::{Mask, StartWhy, Vm, Volume, World, bit, members};
+use super::world::{Mask, StartWhy, Tag, Vm, Volume, World, Writes, bit, members};
 
 /// Why a node loaded its own copy instead of copying from a peer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
@@ -38,9 +38,25 @@ pub struct OwnLoad {
     pub blame: Option<Blame>,
 }
 
+/// How a write was lost (the last copy holding it replaced).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
+pub enum Discard {
+    /// A node that paused or rejoined (the plan's doing) copied the tables
+    /// over its own.
+    GaveWay,
+    /// A node restarted otherwise (killed, deleted, its Mnesia's own rule)
+    /// copied over its own.
+    Restarted,
+}
+
 /// What happened during one transition, for the invariants and traces.
 #[derive(Default)]
 pub struct Notes {
+    /// Writes lost by a copy over the last copy holding them: (tag, how).
+    pub discards: Vec<(Tag, Discard)>,
+    /// A paused node loaded its own copy while another node of its schema
+    /// had the tables.
+    pub paused_own_load: u32,
     pub own_loads: Vec<OwnLoad>,
     /// (node, it had a database) per Fail action.
     pub fails: Vec<(usize, bool)>,
@@ -73,6 +89,10 @@ impl Notes {
 /// The nodes in `set` go down at once (stop, kill, machine failure): each
 /// running Mnesia connected to one of them, and not going down with it,
 /// records it. Nodes in the set record nothing of each other.
+///
+/// Across a cut nobody hears of it: a node that still counted one of them
+/// as running keeps counting it (a ghost) until its own nodedown. Nodes
+/// apart since a heal forget the relation (it ends with a restart).
 pub fn go_down(w: &mut World, set: Mask) {
     let mut records = vec![0 as Mask; w.n()];
     for k in members(set) {
@@ -86,6 +106,17 @@ pub fn go_down(w: &mut World, set: Mask) {
         if let Some(v) = &mut w.nodes[j].vol {
             v.down |= r;
         }
+    }
+    for node in &mut w.nodes {
+        node.ghost |= node.hung & set;
+        node.hung &= !set;
+        node.apart &= !set;
+    }
+    for k in members(set) {
+        let node = &mut w.nodes[k];
+        node.hung = 0;
+        node.ghost = 0;
+        node.apart = 0;
     }
     // The join window: a node others joined has not written its marker
     // yet, and some node goes down.
@@ -120,7 +151,7 @@ pub fn start(w: &mut World, k: usize, notes: &mut Notes) {
             w.nodes[k].vol = Some(Volume {
                 cookie,
                 db: bit(k),
-                version: 0,
+                data: 0,
                 down: 0,
             });
             own_load(w, k, Cause::Fresh, notes);
@@ -177,17 +208,37 @@ fn copy(w: &mut World, k: usize, j: usize, notes: &mut Notes) {
     }
     let src = w.vol(j);
     let mine = w.vol(k);
+    // The writes only this copy held are gone with it.
+    let elsewhere = (0..w.n())
+        .filter(|&x| x != k)
+        .filter_map(|x| w.nodes[x].vol.map(|v| v.data))
+        .fold(0, |m, d| m | d);
+    let lost: Writes = mine.data & !src.data & !elsewhere;
+    let how = if w.nodes[k].gave_way {
+        Discard::GaveWay
+    } else {
+        Discard::Restarted
+    };
+    for id in (0..32u8).filter(|&i| lost & (1 << i) != 0) {
+        notes.discards.push((w.tag(id), how));
+    }
     w.nodes[k].vol = Some(Volume {
         db: src.db,
-        version: src.version,
+        data: src.data,
         ..mine
     });
     w.nodes[k].lineage = w.nodes[j].lineage;
     w.nodes[k].vm = Vm::Loaded;
     notes.say(w.now, || {
+        let gone = if lost != 0 {
+            format!(" DISCARDS {} ({how:?})", w.writes(lost))
+        } else {
+            String::new()
+        };
         format!(
-            "chat-{k} mnesia: copies the tables from chat-{j} (v{}, had v{})",
-            src.version, mine.version
+            "chat-{k} mnesia: copies the tables from chat-{j} ({}, had {}){gone}",
+            w.writes(src.data),
+            w.writes(mine.data)
         )
     });
 }
@@ -197,12 +248,27 @@ fn copy(w: &mut World, k: usize, j: usize, notes: &mut Notes) {
 /// when that node copies from this one)?
 pub fn own_load(w: &mut World, k: usize, cause: Cause, notes: &mut Notes) {
     let v = w.vol(k);
+    let mine = w.version(v.data);
     let newer = (0..w.n())
         .filter(|&j| j != k)
-        .filter_map(|j| w.nodes[j].vol.map(|x| (j, x)))
-        .filter(|(_, x)| x.cookie == v.cookie && x.version > v.version)
-        .map(|(j, x)| (j, x.version))
+        .filter_map(|j| w.nodes[j].vol.map(|x| (j, w.version(x.data), x.cookie)))
+        .filter(|&(_, ver, cookie)| cookie == v.cookie && ver > mine)
+        .map(|(j, ver, _)| (j, ver))
         .max_by_key(|&(_, ver)| ver);
+    // Invariant: a paused node never loads its own copy while another
+    // node of its schema has the tables (the majority runs).
+    let majority_runs = (0..w.n()).any(|j| {
+        j != k
+            && w.nodes[j].pod
+            && w.nodes[j].vm.has_tables()
+            && w.nodes[j].cookie() == Some(v.cookie)
+    });
+    if w.nodes[k].paused && majority_runs {
+        notes.paused_own_load += 1;
+        notes.say(w.now, || {
+            format!("  PAUSED chat-{k} loads its own copy while another node has the tables")
+        });
+    }
     let blame = newer.map(|_| match cause {
         Cause::ForceLoad => Blame::Plan,
         Cause::Orphan => match w.nodes[k].start_why {
@@ -216,12 +282,12 @@ pub fn own_load(w: &mut World, k: usize, cause: Cause, notes: &mut Notes) {
     w.nodes[k].vm = Vm::Loaded;
     notes.say(w.now, || {
         let lost = match newer {
-            Some((j, ver)) => format!(" DISCARDS v{ver} held by chat-{j} ({blame:?})"),
+            Some((j, ver)) => format!(" DISCARDS version {ver} held by chat-{j} ({blame:?})"),
             None => String::new(),
         };
         format!(
-            "chat-{k} mnesia: loads its own copy ({cause:?}) v{}{lost}",
-            v.version
+            "chat-{k} mnesia: loads its own copy ({cause:?}) {}{lost}",
+            w.writes(v.data)
         )
     });
     notes.own_loads.push(OwnLoad { cause, blame });
@@ -262,7 +328,11 @@ fn incompatible(w: &mut World, notes: &mut Notes) {
             let v = w.vol(m);
             members(v.db & !bit(m)).any(|x| {
                 let nx = &w.nodes[x];
-                nx.pod && nx.vm.mnesia_runs() && nx.cookie() != Some(v.cookie)
+                nx.pod
+                    && nx.vm.mnesia_runs()
+                    && nx.cookie() != Some(v.cookie)
+                    && w.reach(m, x)
+                    && (nm.apart | nm.hung | nm.ghost) & bit(x) == 0
             })
         });
         let Some(m) = bad else { break };
@@ -273,4 +343,92 @@ fn incompatible(w: &mut World, notes: &mut Notes) {
         go_down(w, bit(m));
         w.restart_container(m);
     }
+}
+
+/// The network is cut between `side` and the other nodes (both ways; a
+/// one-way cut is the same, see the module doc). Mnesia does not notice
+/// yet: the nodes that ran together keep counting each other as running
+/// (`hung`) until a Nodedown.
+pub fn partition(w: &mut World, side: Mask) {
+    let before: Vec<Mask> = (0..w.n())
+        .map(|k| {
+            let n = &w.nodes[k];
+            if n.pod && n.vm.mnesia_runs() {
+                w.connected(k)
+            } else {
+                0
+            }
+        })
+        .collect();
+    w.cut = Some(side);
+    for (k, was) in before.into_iter().enumerate() {
+        let across = was & !w.side_of(k);
+        w.nodes[k].hung |= across;
+    }
+}
+
+/// net_ticktime passes on `side`: each running Mnesia there records every
+/// node across the cut it still counted as running as down.
+pub fn nodedown(w: &mut World, side: Mask) {
+    for k in members(side) {
+        let node = &mut w.nodes[k];
+        let gone = node.hung | node.ghost;
+        node.hung = 0;
+        node.ghost = 0;
+        if let Some(v) = &mut node.vol {
+            v.down |= gone;
+        }
+    }
+}
+
+/// The cut is removed. Two nodes that still counted each other as running
+/// (no nodedown on either side, the same incarnations) run together again
+/// (their commits go through). Every other pair of running Mnesia nodes
+/// across the former cut does not reconnect at the Mnesia level ("running
+/// partitioned network") until one of them restarts its Mnesia: `apart`.
+/// A node that still counted as running a node that stopped, or that had
+/// seen go down this node but not vice versa, gets its nodedown now (the
+/// old connection is reset).
+pub fn heal(w: &mut World) {
+    let Some(side) = w.cut else { return };
+    let n = w.n();
+    let runs = |w: &World, k: usize| w.nodes[k].pod && w.nodes[k].vm.mnesia_runs();
+    let mut records = vec![0 as Mask; n];
+    let mut apart = vec![0 as Mask; n];
+    for k in 0..n {
+        let nk = &w.nodes[k];
+        records[k] |= nk.ghost;
+        for x in members(nk.hung) {
+            if w.nodes[x].hung & bit(k) == 0 {
+                records[k] |= bit(x);
+            }
+        }
+        if !runs(w, k) {
+            continue;
+        }
+        for x in 0..n {
+            let across = (side & bit(k) != 0) != (side & bit(x) != 0);
+            let together = nk.hung & bit(x) != 0 && w.nodes[x].hung & bit(k) != 0;
+            // Only nodes of one schema ever connect at the Mnesia level.
+            let related = match (nk.vol, w.nodes[x].vol) {
+                (Some(a), Some(b)) => {
+                    a.cookie == b.cookie && (a.db & bit(x) != 0 || b.db & bit(k) != 0)
+                }
+                _ => false,
+            };
+            if across && related && runs(w, x) && !together {
+                apart[k] |= bit(x);
+            }
+        }
+    }
+    for k in 0..n {
+        let node = &mut w.nodes[k];
+        node.hung = 0;
+        node.ghost = 0;
+        node.apart |= apart[k];
+        if let Some(v) = &mut node.vol {
+            v.down |= records[k];
+        }
+    }
+    w.cut = None;
 }
