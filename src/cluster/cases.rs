@@ -700,6 +700,21 @@ fn network_partition() {
     two(0)
         .autoheal()
         .gives(Action::Wait(10), "tie: chat-0 stays");
+    // Bridged: chat-2 restarted during a short cut and runs with both,
+    // chat-0 and chat-1 are apart. The tie goes to chat-0: chat-1 gives
+    // way, and so does the bridge (found by tests/cluster_model.rs).
+    let bridged = |me: u32| {
+        let all = [member(0, &[0, 2]), member(1, &[1, 2]), member(2, ALL)];
+        let mut nodes = vec![all[me as usize].clone()];
+        nodes.extend(all.iter().filter(|n| n.node != self::n(me)).cloned());
+        case(me, Running, true, nodes)
+    };
+    bridged(1).gives(Action::Wait(5), "bridged: chat-1 waits for the bridge");
+    bridged(0).gives(Action::Wait(5), "bridged: chat-0 waits for the bridge");
+    bridged(2).gives(
+        Action::Rejoin { from: n(0) },
+        "bridged: the bridge holds both sides' writes, it gives way too",
+    );
     // A node just restarted has not met its peers yet: no split.
     case(
         2,

@@ -236,19 +236,19 @@ pub fn step(w: &mut World, k: usize, notes: &mut Notes) -> Action {
             }
         }
         Action::Pause | Action::Rejoin { .. } => {
-            // The running loop: the paused flag (Pause only) and RESTART,
-            // `ejabberdctl stop` (killed after 30 s: the model stops it at
-            // once), and the main loop boots again (phase Boot, t_phase
-            // reset, t_start kept). Rejoin logs the tables that differ
-            // first (`probe diverged`), which changes nothing here.
+            // The running loop: the paused flag and RESTART, `ejabberdctl
+            // stop` (killed after 10 s: the model stops it at once), and
+            // the main loop boots again (phase Boot, t_phase reset,
+            // t_start kept). Rejoin logs the tables that differ first
+            // (`probe diverged`), which changes nothing here; it sets the
+            // flag too, so that it copies from the side that stays, not
+            // from a node of its own side still running.
             assert!(
                 w.nodes[k].vm.mnesia_runs(),
                 "plan said {} on a stopped VM",
                 p.action
             );
-            if p.action == Action::Pause {
-                w.nodes[k].paused = true;
-            }
+            w.nodes[k].paused = true;
             w.nodes[k].gave_way = true;
             go_down(w, bit(k));
             w.nodes[k].phase = Phase::Boot;

@@ -227,6 +227,12 @@ pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
         Event::Write(r) => {
             assert!(ready(w, r) && !w.hangs(r), "write on chat-{r}");
             let tag = write_tag(w, r);
+            if tag == Tag::Won && w.policy == PartitionHandling::PauseMinority {
+                w.late_pause |= (0..n).any(|j| {
+                    let nj = &w.nodes[j];
+                    !w.reach(r, j) && nj.pod && nj.vm.has_tables() && !nj.paused
+                });
+            }
             let id = w.next_write();
             let b = 1 << id;
             match (tag, w.policy) {
@@ -248,7 +254,13 @@ pub fn apply(w: &mut World, e: Event, faults: &Faults, notes: &mut Notes) {
             }
             notes.say(w.now, || format!("  acknowledged as w{id} ({tag:?})"));
         }
-        Event::Partition(side) => mnesia::partition(w, side),
+        Event::Partition(side) => {
+            w.start_in_cut |= w
+                .nodes
+                .iter()
+                .any(|x| x.pod && matches!(x.vm, Vm::Starting | Vm::Waiting));
+            mnesia::partition(w, side)
+        }
         Event::Nodedown(side) => mnesia::nodedown(w, side),
         Event::Heal => mnesia::heal(w),
         Event::ScaleDown => {

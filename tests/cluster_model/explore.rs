@@ -333,7 +333,11 @@ fn two_clusters(w: &World) -> Two {
                 continue;
             }
             let apart = !w.reach(a, b) || w.nodes[a].apart & (1 << b) != 0;
-            if w.policy == PartitionHandling::Autoheal && apart {
+            // pause_minority: across a cut, a side whose commits still wait
+            // for the other (no nodedown there yet) acknowledges nothing;
+            // its entrypoint pauses it at its next check.
+            let waits = !w.reach(a, b) && (w.hangs(a) || w.hangs(b));
+            if apart && (w.policy == PartitionHandling::Autoheal || waits) {
                 verdict = Two::Sides;
             } else {
                 return Two::Yes;
@@ -419,6 +423,12 @@ impl Search {
         // after a node went down inside the join window.
         let kind = if w.window {
             format!("known, after the join window: {kind}")
+        } else if w.start_in_cut {
+            format!("known, a Mnesia start decided before a cut loaded during it: {kind}")
+        } else if w.hold_max_load {
+            format!("known, after a CLUSTER_HOLD_MAX orphan load (documented): {kind}")
+        } else if w.late_pause {
+            format!("known, the majority wrote before the minority paused: {kind}")
         } else {
             kind
         };

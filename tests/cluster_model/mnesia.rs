@@ -278,6 +278,10 @@ pub fn own_load(w: &mut World, k: usize, cause: Cause, notes: &mut Notes) {
         },
         Cause::Fresh | Cause::LastDown => Blame::Mnesia,
     });
+    // The documented CLUSTER_HOLD_MAX orphan load (README, "Joining,
+    // restarts, scaling"): what it discards is classified, also when the
+    // discard completes later, in a liveness run.
+    w.hold_max_load |= blame == Some(Blame::HoldMax);
     w.nodes[k].lineage = w.fresh_id();
     w.nodes[k].vm = Vm::Loaded;
     notes.say(w.now, || {

@@ -203,6 +203,22 @@ pub struct World {
     pub cut: Option<Mask>,
     /// CLUSTER_PARTITION_HANDLING of every entrypoint.
     pub policy: PartitionHandling,
+    /// pause_minority: the majority acknowledged a write while a node cut
+    /// off from it still served (its Mnesia had not seen the nodedown that
+    /// let the majority commit, and its entrypoint had not paused it yet).
+    /// Deployments rule this order out (README "Network partitions": the
+    /// pause, within CLUSTER_CHECK_INTERVAL plus a probe, comes before
+    /// Mnesia's nodedown at 0.75-1.25 x net_ticktime); the model has no
+    /// durations, so violations after it are classified.
+    pub late_pause: bool,
+    /// A cut came while a node's Mnesia was starting (its start was
+    /// decided with every pod in reach): Mnesia then decides its load
+    /// across the cut, which no plan sees. Violations after it are
+    /// classified (known, open: module doc).
+    pub start_in_cut: bool,
+    /// A node loaded its own copy by Mnesia's orphan rule after
+    /// CLUSTER_HOLD_MAX while a newer copy survived (documented).
+    pub hold_max_load: bool,
 }
 
 impl World {
@@ -229,6 +245,9 @@ impl World {
             window: false,
             cut: None,
             policy,
+            late_pause: false,
+            start_in_cut: false,
+            hold_max_load: false,
         };
         for k in 0..n {
             w.create_pod(k);
@@ -436,7 +455,13 @@ impl World {
         let mut lineages: Vec<u16> = Vec::new();
         let mut key = Vec::with_capacity(4 + 10 * self.n());
         key.push(self.replicas as u8);
-        key.push(self.window as u8 | (self.cut.is_some() as u8) << 1);
+        key.push(
+            self.window as u8
+                | (self.cut.is_some() as u8) << 1
+                | (self.late_pause as u8) << 2
+                | (self.start_in_cut as u8) << 3
+                | (self.hold_max_load as u8) << 4,
+        );
         key.push(self.cut.unwrap_or(0));
         let live = self.held() | self.last.map_or(0, |l| 1 << l);
         for id in 0..32u8 {

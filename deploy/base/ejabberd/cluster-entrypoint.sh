@@ -175,7 +175,9 @@ running_loop() {
             rejoin)
                 lost=$(probe diverged "$me" "$arg" 2>/dev/null | tr '\n' ' ')
                 log "rejoin: discarding what this side wrote during the partition; tables that differ from $arg (table, here, there): ${lost:-none}"
-                : > "$RESTART"
+                # Like a pause: boot again, copy only from the side that
+                # stays once no node of this side runs apart from it.
+                : > "$PAUSED" && : > "$RESTART"
                 stop_from_loop
                 exit 0 ;;
         esac
