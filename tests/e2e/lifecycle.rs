@@ -405,17 +405,23 @@ impl Chat {
         Ok(())
     }
 
-    /// A command run as the ejabberd user inside pod `k` (what the
-    /// container or `kubectl exec` runs), with the container's environment.
-    fn command(&self, k: usize, program: &Path) -> tokio::process::Command {
-        let mut argv: Vec<OsString> = vec![
+    /// `setpriv` to the ejabberd user, then `env -i`: what goes before the
+    /// environment and the program of a command the container runs.
+    fn as_ejabberd_user(&self) -> Vec<OsString> {
+        vec![
             "setpriv".into(),
             format!("--reuid={}", self.uid).into(),
             format!("--regid={}", self.gid).into(),
             "--init-groups".into(),
             "env".into(),
             "-i".into(),
-        ];
+        ]
+    }
+
+    /// A command run as the ejabberd user inside pod `k` (what the
+    /// container or `kubectl exec` runs), with the container's environment.
+    fn command(&self, k: usize, program: &Path) -> tokio::process::Command {
+        let mut argv = self.as_ejabberd_user();
         argv.extend(
             self.env(k)
                 .into_iter()

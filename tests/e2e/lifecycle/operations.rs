@@ -122,14 +122,7 @@ impl Chat {
     /// `ejabberdctl ARGS` of the standalone install, as its own user.
     fn old_command(&self, old: &Standalone, args: &[&str]) -> tokio::process::Command {
         let d = |p: &Path| p.display().to_string();
-        let mut argv: Vec<OsString> = vec![
-            "setpriv".into(),
-            format!("--reuid={}", self.uid).into(),
-            format!("--regid={}", self.gid).into(),
-            "--init-groups".into(),
-            "env".into(),
-            "-i".into(),
-        ];
+        let mut argv = self.as_ejabberd_user();
         for (k, v) in [
             ("PATH", PATH.to_string()),
             ("HOME", d(&old.home)),
@@ -538,4 +531,64 @@ lifecycle_test!(
     "operations otp29 migration",
     forky,
     migration
+);
+
+/// Issue 21: a database found on a volume without the marker is never
+/// deleted. With `CLUSTER_UNMARKED_DATABASE=fail` the entrypoint refuses
+/// to start and names it, leaving it in place; by default it is moved
+/// into `set-aside/<time>/` on the volume and ejabberd starts empty. The
+/// files stand for a database put there by hand (only their names matter
+/// to the entrypoint, which never reads them).
+async fn unmarked_database(flavour: Flavour) -> Result<(), String> {
+    let mut chat = Chat::new("um", 1, &flavour).await?;
+    let spool = chat.pods[0].spool.clone();
+    for f in ["schema.DAT", "passwd.DCD", "LATEST.LOG"] {
+        std::fs::write(spool.join(f), format!("{f} of another server\n"))
+            .map_err(|e| format!("{f}: {e}"))?;
+    }
+    sh(&format!(
+        "chown -R {}:{} {}",
+        chat.uid,
+        chat.gid,
+        spool.display()
+    ))?;
+    chat.extra_env = vec![("CLUSTER_UNMARKED_DATABASE".into(), "fail".into())];
+    chat.create(&[0]).await?;
+    let refused = match chat.wait_ready(0, FULL_LIMIT).await {
+        Ok(_) => return Err(format!("started on an unmarked database:\n{}", chat.log(0))),
+        Err(e) => e,
+    };
+    check(
+        refused.contains("the entrypoint exited")
+            && refused.contains("CLUSTER_UNMARKED_DATABASE=fail")
+            && spool.join("passwd.DCD").exists()
+            && chat.set_aside(0).is_empty(),
+        || format!("not refused with the files in place:\n{refused}"),
+    )?;
+    // The container restarts with the default: set aside, started empty.
+    chat.extra_env.clear();
+    chat.create(&[0]).await?;
+    chat.wait_ready(0, FULL_LIMIT).await?;
+    let aside = chat.set_aside(0);
+    check(
+        aside.len() == 1
+            && aside[0].1 == ["LATEST.LOG", "passwd.DCD", "schema.DAT"]
+            && chat.log(0).contains("database moved to"),
+        || format!("not set aside as it was: {aside:?}\n{}", chat.log(0)),
+    )?;
+    say!(
+        chat,
+        "an unmarked database: refused with CLUSTER_UNMARKED_DATABASE=fail (files in place), \
+         set aside by default ({}) and ejabberd started empty",
+        aside[0].0
+    );
+    chat.delete(&[0]).await
+}
+
+lifecycle_test!(
+    /// Issue 21: an unmarked database is refused or set aside, never deleted.
+    operations_unmarked_database,
+    "operations unmarked database",
+    host,
+    unmarked_database
 );
