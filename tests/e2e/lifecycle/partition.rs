@@ -113,19 +113,13 @@ impl Chat {
         needle: &str,
         limit: Duration,
     ) -> Result<Duration, String> {
-        let t0 = Instant::now();
-        loop {
-            if self.log(k).get(from..).unwrap_or_default().contains(needle) {
-                return Ok(t0.elapsed());
-            }
-            if t0.elapsed() > limit {
-                return Err(format!(
-                    "chat-{k}: no {needle:?} in the entrypoint's log after {limit:?}:\n{}",
-                    self.log(k).get(from..).unwrap_or_default()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let since = || self.log(k).get(from..).unwrap_or_default().to_string();
+        self.c
+            .wait(&format!("{needle:?} in chat-{k}'s log"), limit, |_| {
+                since().contains(needle)
+            })
+            .await
+            .map_err(|e| format!("{e}:\n{}", since()))
     }
 
     /// Wait until `list_cluster` on pod `k` is exactly `nodes`.
@@ -167,19 +161,12 @@ impl Chat {
         want: f64,
         limit: Duration,
     ) -> Result<Duration, String> {
-        let t0 = Instant::now();
-        loop {
-            let got = self.metric(k, series);
-            if got.as_ref().is_ok_and(|v| *v == want) {
-                return Ok(t0.elapsed());
-            }
-            if t0.elapsed() > limit {
-                return Err(format!(
-                    "chat-{k}: {series} is {got:?} after {limit:?}, want {want}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        self.c
+            .wait(&format!("chat-{k}: {series} {want}"), limit, |_| {
+                self.metric(k, series).is_ok_and(|v| v == want)
+            })
+            .await
+            .map_err(|e| format!("{e} (now {:?})", self.metric(k, series)))
     }
 
     /// One sample of the sidecar's metric `name` (full series text) in pod
