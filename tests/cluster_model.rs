@@ -144,24 +144,31 @@
 //!
 //!
 //! Partitions (this model's partition tests; traces printed by the
-//! tests). Open, failing the partition tests, planner bugs:
-//! - pause_minority, a paused node boots on a non-member's tables:
-//!   partition::boot (and hold_lowest) count a pod whose own fresh schema
-//!   does not list this node as "a member with the tables", and boot's
-//!   quorum counts every pod while running's counts the schema: first
-//!   start, chat-1 joined chat-0, chat-2 still joining, cut [0] | [1, 2],
-//!   nodedown: chat-1 pauses (1 of 2 schema nodes), boots again (2 of 3
-//!   pods), starts, its Mnesia loads its own copy (LastDown): (1), (P4).
-//! - pause_minority, a majority write lost at the heal: chat-2 restarted
-//!   during cut [0, 2] | [1] (its new Mnesia never met chat-1), chat-0
-//!   killed, a write on chat-2 (2 of 3), healed before chat-1's pause
-//!   round: split() sees [1] against [2] (chat-0 not started yet), the
-//!   tie goes to the lowest ordinal, chat-2 rejoins
-//!   and discards the write: (3) OlderUnexplained.
-//! - both sides stay: a join on one side during the cut (chat-2 joins
-//!   chat-1 in [1, 2] | [0]) leaves chat-0's schema without chat-2;
-//!   chat-0 sees [0] against [1] (tie: it stays), chat-1 sees [0] against
-//!   [1, 2] (it stays): nobody rejoins, (3) Stuck.
+//! tests). Found here and fixed in src/cluster/partition.rs (cases in
+//! cases.rs, `network_partition`):
+//! - a paused node booted on a non-member's tables (a joiner with its own
+//!   fresh schema counted as a member with the tables, and towards the
+//!   boot quorum): only pods that may hold this cluster's copy count;
+//! - a majority write lost at the heal (the split decided while a member
+//!   was still starting, the tie then going to the side without it): the
+//!   split waits for members whose VM runs but is not settled;
+//! - both sides stayed after a join during the cut (a schema that does not
+//!   list the joiner yet): sides are counted pairwise over every settled
+//!   member, as each node runs with them;
+//! - a node that gave way copied its discarded writes back from a node of
+//!   its own side still running: Rejoin sets the paused flag too, and a
+//!   paused node starts only once the nodes with the tables run as one
+//!   side; a node running with both sides (a bridge) gives way first,
+//!   while the others wait for it.
+//!
+//! Classified as known (flags in the state, printed with traces): a cut
+//! that came while a node's Mnesia was starting (`start_in_cut`: its start
+//! was decided with every pod in reach, and Mnesia decides its load across
+//! the cut); the majority acknowledging a write while a node cut off from
+//! it still served (`late_pause`: deployments order the pause before
+//! Mnesia's nodedown, README "Network partitions", and the model has no
+//! durations); an orphan load after CLUSTER_HOLD_MAX (`hold_max_load`,
+//! documented).
 //!
 //! Known (classified, printed): a node whose Mnesia started during a cut
 //! (its container restarted, or Start decided just before the cut) waits
