@@ -155,9 +155,9 @@ pub fn split(f: &Facts) -> Option<Split> {
         v.sort();
         v
     };
-    // Members this node and which do not run together, neither way. A
-    // member running with both sides (it restarted during a short cut)
-    // is apart from nobody: it stays, and only the nodes apart decide.
+    // The members that this node does not run with, neither way. A member
+    // running with both sides (it restarted during a short cut) is apart
+    // from nobody: it is the bridge case below.
     let apart_from = |a: &NodeFact, b: &NodeFact| !a.runs_with(&b.node) && !b.runs_with(&a.node);
     let apart: Vec<&&NodeFact> = members
         .iter()
